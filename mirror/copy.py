@@ -1,0 +1,450 @@
+"""The copy engine: make a tag (or digest) on the target match the source, moving only what is
+missing. Owns planning (HEAD-only diff) and transfer (streamed, verified blobs; manifests in
+dependency order). Does not list tags, select them, read config or log: callers do.
+
+The copy, step by step:
+
+1. HEAD the tag on the source and on the target, with the full Accept set on both sides.
+   Equal digests: done, no GET (Docker Hub counts manifest GETs as pulls, not HEADs).
+2. Otherwise GET the source manifest as raw bytes; its digest is the sha256 of those bytes.
+   For an index, walk each child manifest (by digest) the same way. A manifest the target
+   already holds is read from the target, and one read earlier in the run is not read again.
+3. Collect the blobs (config and layers) of everything that will be pushed; HEAD each on the
+   target; keep only the missing ones. Where the blob is known to live in another repository
+   of the target, try a cross-repository mount first (201 = mounted, 202 = upload instead).
+4. Stream each missing blob from a GET into an upload (POST, then PUT ``?digest=`` with an
+   explicit Content-Length), hashing as it flows; never hold a blob in memory. A wrong hash
+   aborts that blob and nothing that refers to it is pushed. Bounded concurrency.
+5. Push child manifests by digest, then the index (or image manifest) under the tag, always
+   the original bytes with the original media type. The tag is written last, so the target
+   never holds a tag that points at missing content.
+
+A dry run stops after step 3 and reports what it would move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from mirror.errors import DigestMismatch, MirrorError, NotFound, is_retryable
+from mirror.manifest import Descriptor, Manifest
+from mirror.reference import Digest
+from mirror.registry import Registry
+
+DEFAULT_CONCURRENCY = 4  # blob transfers in flight at once, across every tag of a run
+BLOB_ATTEMPTS = 3  # a broken blob stream is started again this many times in all
+
+_T = TypeVar("_T")
+TagStatus = Literal["copied", "skipped", "failed", "planned"]
+
+
+class Progress(Protocol):
+    """Receives transfer progress; the CLI draws bars with it, the daemon passes nothing."""
+
+    def blob_started(self, digest: Digest, size: int) -> None: ...
+    def blob_advanced(self, digest: Digest, nbytes: int) -> None: ...
+    def blob_finished(self, digest: Digest) -> None: ...
+
+
+@dataclass(slots=True)
+class TagResult:
+    """What happened to one tag (or digest): its action, digest, and what moved for it."""
+
+    source: str
+    target: str
+    status: TagStatus
+    digest: str | None = None
+    blobs_missing: int = 0
+    bytes_missing: int = 0
+    manifests_missing: int = 0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class CopyReport:
+    """Counts for a run of copies; ``dry_run`` means counts are of what *would* move."""
+
+    dry_run: bool = False
+    tags_checked: int = 0
+    tags_copied: int = 0
+    tags_skipped: int = 0
+    tags_failed: int = 0
+    manifests_pushed: int = 0
+    blobs_copied: int = 0
+    blobs_mounted: int = 0
+    blobs_present: int = 0
+    bytes_copied: int = 0
+    upstream_manifest_gets: int = 0
+    tags: list[TagResult] = field(default_factory=list)
+
+    def add(self, result: TagResult) -> None:
+        self.tags.append(result)
+        self.tags_checked += 1
+        if result.status == "failed":
+            self.tags_failed += 1
+        elif result.status == "skipped":
+            self.tags_skipped += 1
+        else:
+            self.tags_copied += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__slots__ if name != "tags"}
+        data["tags"] = [{name: getattr(t, name) for name in TagResult.__slots__} for t in self.tags]
+        return data
+
+
+@dataclass(slots=True)
+class _Plan:
+    """Steps 1-3 for one tag: what to push and which blobs the target lacks."""
+
+    digest: Digest
+    top: Manifest | None = None  # None when the target tag already points at ``digest``
+    children: list[Manifest] = field(default_factory=list)  # the target lacks these
+    missing_blobs: list[Descriptor] = field(default_factory=list)
+
+    @property
+    def tag_matches(self) -> bool:
+        return self.top is None
+
+
+class Copier:
+    """Copies tags and digests from one source registry to one target registry.
+
+    One Copier serves a whole run: it remembers which manifests it has read and which blobs
+    the target holds, so tags that share content (aliases, shared layers) cost nothing twice.
+    Blob transfers across all concurrent copies share one bound, ``concurrency``.
+    """
+
+    def __init__(
+        self,
+        source: Registry,
+        target: Registry,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        report: CopyReport | None = None,
+        blob_attempts: int = BLOB_ATTEMPTS,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.source = source
+        self.target = target
+        self.dry_run = dry_run
+        self.progress = progress
+        self.report = report if report is not None else CopyReport(dry_run=dry_run)
+        self._slots = asyncio.Semaphore(max(1, concurrency))
+        self._blob_attempts = max(1, blob_attempts)
+        self._sleep = sleep
+        # Per-run memory, keyed so that concurrent tags share one task per item.
+        self._manifests: dict[tuple[str, Digest], asyncio.Future[Manifest]] = {}
+        self._fetched: dict[Digest, Manifest] = {}
+        self._manifest_present: dict[tuple[str, Digest], asyncio.Future[bool]] = {}
+        self._blob_present: dict[tuple[str, Digest], asyncio.Future[bool]] = {}
+        self._blob_sent: dict[tuple[str, Digest], asyncio.Future[None]] = {}
+        self._blob_streams: dict[Digest, asyncio.Future[None]] = {}  # first stream per blob
+        self._blob_homes: dict[Digest, str] = {}  # a target repository known to hold the blob
+        self._planned: set[tuple[str, Digest]] = set()  # dry run: blobs counted as to copy
+
+    async def copy(
+        self,
+        source_repo: str,
+        reference: str,
+        target_repo: str,
+        target_reference: str | None = None,
+    ) -> TagResult:
+        """Make ``target_repo:target_reference`` match ``source_repo:reference``; never raises.
+
+        ``reference`` is a tag or a digest; ``target_reference`` defaults to it. The result says
+        whether the tag was copied, skipped (already equal), planned (dry run) or failed, and why.
+        """
+        target_reference = target_reference or reference
+        result = TagResult(
+            source=_display(self.source.name, source_repo, reference),
+            target=_display(self.target.name, target_repo, target_reference),
+            status="failed",
+        )
+        try:
+            plan = await self._plan(source_repo, reference, target_repo, target_reference)
+            result.digest = plan.digest
+            if plan.top is None:
+                result.status = "skipped"
+            else:
+                result.blobs_missing = len(plan.missing_blobs)
+                result.bytes_missing = sum(b.size for b in plan.missing_blobs)
+                result.manifests_missing = len(plan.children) + 1
+                if self.dry_run:
+                    result.status = "planned"
+                    self._count_planned(target_repo, plan)
+                else:
+                    await self._execute(plan, source_repo, target_repo, target_reference)
+                    result.status = "copied"
+        except MirrorError as exc:
+            result.error = str(exc)
+        self.report.add(result)
+        return result
+
+    def _count_planned(self, target_repo: str, plan: _Plan) -> None:
+        """In a dry run, count each blob and manifest that would move once, as a run would."""
+        for blob in plan.missing_blobs:
+            if (target_repo, blob.digest) not in self._planned:
+                self._planned.add((target_repo, blob.digest))
+                self.report.blobs_copied += 1
+                self.report.bytes_copied += blob.size
+        self.report.manifests_pushed += len(plan.children) + 1
+
+    # --- steps 1-3: plan ------------------------------------------------------------------
+
+    async def _plan(
+        self, source_repo: str, reference: str, target_repo: str, target_reference: str
+    ) -> _Plan:
+        by_digest = reference.startswith("sha256:") or reference.startswith("sha512:")
+        if by_digest:
+            # A digest names immutable content: if the target has it, there is nothing to do.
+            digest = Digest.parse(reference)
+            if await self._target_has_manifest(target_repo, digest):
+                return _Plan(digest)
+        else:
+            source_head, target_head = await asyncio.gather(
+                self.source.head_manifest(source_repo, reference),
+                self.target.head_manifest(target_repo, target_reference),
+            )
+            if source_head is None:
+                raise NotFound(
+                    f"registry {self.source.name}: {source_repo}:{reference} does not exist",
+                    method="HEAD",
+                    status=404,
+                )
+            if source_head.digest is None:  # registry sent no Docker-Content-Digest: GET tells
+                digest = (await self._get_source(source_repo, reference)).digest
+            else:
+                digest = source_head.digest
+            if target_head is not None and target_head.digest == digest:
+                return _Plan(digest)
+
+        if await self._target_has_manifest(target_repo, digest):
+            # Already stored under another tag: its children and blobs are there too, since a
+            # registry refuses a manifest whose references are missing. Only the tag moves.
+            return _Plan(digest, await self._manifest_from_target(target_repo, digest))
+
+        top = await self._manifest(source_repo, digest)
+        children: list[Manifest] = []
+        if top.is_index:
+            present = await asyncio.gather(
+                *(self._target_has_manifest(target_repo, c.digest) for c in top.children)
+            )
+            missing = [c for c, have in zip(top.children, present, strict=True) if not have]
+            children = list(
+                await asyncio.gather(*(self._manifest(source_repo, c.digest) for c in missing))
+            )
+            for child in children:
+                if child.is_index:
+                    raise MirrorError(f"index {top.digest} lists another index {child.digest}")
+        images = children if top.is_index else [top]
+        blobs = {b.digest: b for image in images for b in image.blobs}
+        present = await asyncio.gather(*(self._blob_exists(target_repo, d) for d in blobs))
+        missing_blobs = [b for b, have in zip(blobs.values(), present, strict=True) if not have]
+        return _Plan(digest, top, children, missing_blobs)
+
+    async def _manifest(self, source_repo: str, digest: Digest) -> Manifest:
+        """A manifest by digest, read at most once per run from the source."""
+        if digest in self._fetched:
+            return self._fetched[digest]
+        key = (source_repo, digest)
+        return await self._once(self._manifests, key, self._get_source, source_repo, digest)
+
+    async def _get_source(self, repo: str, reference: str) -> Manifest:
+        self.report.upstream_manifest_gets += 1
+        manifest = await self.source.get_manifest(repo, reference)
+        self._fetched[manifest.digest] = manifest
+        return manifest
+
+    async def _manifest_from_target(self, repo: str, digest: Digest) -> Manifest:
+        if digest in self._fetched:
+            return self._fetched[digest]
+        manifest = await self.target.get_manifest(repo, digest)
+        self._fetched[digest] = manifest
+        return manifest
+
+    async def _target_has_manifest(self, repo: str, digest: Digest) -> bool:
+        async def head() -> bool:
+            return await self.target.head_manifest(repo, digest) is not None
+
+        return await self._once(self._manifest_present, (repo, digest), head)
+
+    async def _blob_exists(self, repo: str, digest: Digest) -> bool:
+        async def head() -> bool:
+            exists = await self.target.blob_exists(repo, digest)
+            if exists:
+                self._blob_homes.setdefault(digest, repo)
+                self.report.blobs_present += 1
+            return exists
+
+        return await self._once(self._blob_present, (repo, digest), head)
+
+    # --- steps 4-5: execute ---------------------------------------------------------------
+
+    async def _execute(
+        self, plan: _Plan, source_repo: str, target_repo: str, target_reference: str
+    ) -> None:
+        assert plan.top is not None
+        transfers = [
+            self._once(
+                self._blob_sent,
+                (target_repo, b.digest),
+                self._send_blob,
+                source_repo,
+                target_repo,
+                b,
+            )
+            for b in plan.missing_blobs
+        ]
+        outcomes = await asyncio.gather(*transfers, return_exceptions=True)
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        for failure in failures:
+            if not isinstance(failure, Exception):
+                raise failure  # cancellation: stop at once, nothing has been tagged
+        if failures:
+            raise failures[0]  # nothing that refers to a failed blob is pushed
+        await asyncio.gather(*(self._put_manifest(target_repo, c.digest, c) for c in plan.children))
+        await self._put_manifest(target_repo, target_reference, plan.top)
+
+    async def _put_manifest(self, repo: str, reference: str, manifest: Manifest) -> None:
+        await self.target.put_manifest(repo, reference, manifest)
+        self.report.manifests_pushed += 1
+        self._manifest_present[(repo, manifest.digest)] = _resolved(True)
+
+    async def _send_blob(self, source_repo: str, target_repo: str, blob: Descriptor) -> None:
+        """Mount the blob from a sibling repository if one holds it, else stream it across.
+
+        When another repository's stream of the same blob is under way, wait for it and mount
+        from there: shared layers cross the network once per run.
+        """
+        first = self._blob_streams.get(blob.digest)
+        if first is not None:
+            await asyncio.wait([first])
+        else:
+            self._blob_streams[blob.digest] = asyncio.get_running_loop().create_future()
+        try:
+            async with self._slots:
+                upload_url = None
+                home = self._blob_homes.get(blob.digest)
+                if home is not None and home != target_repo:
+                    mount = await self.target.mount_blob(target_repo, blob.digest, home)
+                    if mount.mounted:
+                        self.report.blobs_mounted += 1
+                        self._blob_present[(target_repo, blob.digest)] = _resolved(True)
+                        return
+                    upload_url = mount.upload_url
+                retrying = AsyncRetrying(
+                    stop=stop_after_attempt(self._blob_attempts),
+                    retry=retry_if_exception(is_retryable),
+                    wait=wait_exponential(multiplier=0.25, max=4),
+                    sleep=self._sleep,
+                    reraise=True,
+                )
+                async for attempt in retrying:
+                    with attempt:
+                        try:
+                            await self._stream_blob(source_repo, target_repo, blob, upload_url)
+                        finally:
+                            upload_url = None  # a failed session is not reused
+                self._blob_homes.setdefault(blob.digest, target_repo)
+                self._blob_present[(target_repo, blob.digest)] = _resolved(True)
+                self.report.blobs_copied += 1
+                self.report.bytes_copied += blob.size
+        finally:
+            if first is None:
+                self._blob_streams[blob.digest].set_result(None)
+
+    async def _stream_blob(
+        self, source_repo: str, target_repo: str, blob: Descriptor, upload_url: str | None
+    ) -> None:
+        async with self.source.open_blob(source_repo, blob.digest) as chunks:
+            await self.target.upload_blob(
+                target_repo,
+                blob.digest,
+                blob.size,
+                self._verified(chunks, blob),
+                upload_url=upload_url,
+            )
+
+    async def _verified(
+        self, chunks: AsyncIterator[bytes], blob: Descriptor
+    ) -> AsyncIterator[bytes]:
+        """Pass chunks through, hashing them; the last chunk is held back until the digest and
+        size are known good, so a bad blob never completes its upload."""
+        hasher = blob.digest.hasher()
+        progress = self.progress
+        received = 0
+        held: bytes | None = None
+        if progress:
+            progress.blob_started(blob.digest, blob.size)
+        try:
+            async for chunk in chunks:
+                received += len(chunk)
+                if received > blob.size:
+                    raise DigestMismatch(
+                        f"blob {blob.digest}", blob.digest, f"more than {blob.size} bytes"
+                    )
+                hasher.update(chunk)
+                if held is not None:
+                    yield held
+                    if progress:
+                        progress.blob_advanced(blob.digest, len(held))
+                held = chunk
+            actual = f"{blob.digest.algorithm}:{hasher.hexdigest()}"
+            if received != blob.size or actual != blob.digest:
+                raise DigestMismatch(
+                    f"blob {blob.digest}",
+                    blob.digest,
+                    actual
+                    if received == blob.size
+                    else f"{received} bytes where the manifest says {blob.size}",
+                )
+            if held is not None:
+                yield held
+                if progress:
+                    progress.blob_advanced(blob.digest, len(held))
+        finally:
+            if progress:
+                progress.blob_finished(blob.digest)
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    async def _once(
+        self,
+        tasks: dict[Any, asyncio.Future[_T]],
+        key: Any,
+        fn: Callable[..., Awaitable[_T]],
+        *args: Any,
+    ) -> _T:
+        """Run ``fn(*args)`` once per key per run; concurrent callers share the one task.
+
+        A failed task is forgotten so that a later tag may try again.
+        """
+        task = tasks.get(key)
+        if task is None:
+            task = asyncio.ensure_future(fn(*args))
+            tasks[key] = task
+        try:
+            return await asyncio.shield(task)
+        except Exception:
+            if tasks.get(key) is task and task.done():
+                del tasks[key]
+            raise
+
+
+def _resolved(value: _T) -> asyncio.Future[_T]:
+    future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
+
+
+def _display(registry: str, repo: str, reference: str) -> str:
+    separator = "@" if ":" in reference else ":"
+    return f"{registry}/{repo}{separator}{reference}"

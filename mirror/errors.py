@@ -1,0 +1,114 @@
+"""The exception tree: every failure mirror reports is one of these.
+
+Owns the classes and the single retry predicate. Turning an HTTP response into one of these
+happens in one place only, ``mirror.registry``; nothing here knows about HTTP clients.
+
+    MirrorError
+    ├── InvalidReference        text that is not an image reference
+    ├── ConfigError             a config file or environment value that cannot be used
+    ├── AuthError               credentials could not be found or a token could not be obtained
+    ├── DigestMismatch          content whose sha256 is not the digest it was asked for
+    ├── ManifestError           a manifest that cannot be used (not JSON, too large, unknown type)
+    └── RegistryError           a registry answered with an error status or could not be reached
+        ├── Unauthorized        401 / 403: missing or wrong credentials, or access denied
+        ├── NotFound            404: no such repository, manifest, blob or upload
+        ├── RateLimited         429: pull limit (``TOOMANYREQUESTS``) or abuse limit
+        └── Unavailable         5xx, connection failures and timeouts
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class MirrorError(Exception):
+    """Root of every error mirror raises on purpose; its ``str`` is a one-line message."""
+
+
+class InvalidReference(MirrorError, ValueError):
+    """Text that does not parse as an image reference."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        self.text = text
+        self.reason = reason
+        super().__init__(f"invalid reference {text!r}: {reason}")
+
+
+class ConfigError(MirrorError):
+    """A config file, key or environment value that cannot be used; the message names the key."""
+
+
+class AuthError(MirrorError):
+    """Credentials could not be read, or the token endpoint would not issue a token."""
+
+
+class ManifestError(MirrorError):
+    """A manifest that cannot be used: not JSON, over the size cap, or of an unknown media type."""
+
+
+class DigestMismatch(MirrorError):
+    """Content whose sha256 differs from the digest it was fetched by; it is never pushed."""
+
+    def __init__(self, what: str, expected: str, actual: str) -> None:
+        self.what = what
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"digest mismatch for {what}: expected {expected}, got {actual}")
+
+
+class RegistryError(MirrorError):
+    """A registry answered with an error status, or could not be reached at all.
+
+    ``url`` never carries credentials or tokens; ``codes`` are the registry's own error codes
+    from the JSON body (``MANIFEST_UNKNOWN``, ``DENIED``, ``TOOMANYREQUESTS`` ...).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str = "",
+        url: str = "",
+        status: int | None = None,
+        codes: Sequence[str] = (),
+        retry_after: float | None = None,
+    ) -> None:
+        self.method = method
+        self.url = url
+        self.status = status
+        self.codes = tuple(codes)
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class Unauthorized(RegistryError):
+    """401 or 403: credentials missing or wrong, or the account may not do this."""
+
+
+class NotFound(RegistryError):
+    """404: the repository, manifest, blob or upload does not exist."""
+
+
+class RateLimited(RegistryError):
+    """429. ``pull_limit`` is true for Docker Hub's pull quota, false for the abuse limit."""
+
+    @property
+    def pull_limit(self) -> bool:
+        return "TOOMANYREQUESTS" in self.codes
+
+
+class Unavailable(RegistryError):
+    """5xx answers, refused connections, resets and timeouts: worth another try."""
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether trying the same operation again may succeed.
+
+    Server trouble and the abuse limit pass with time; a spent pull quota does not pass within
+    a retry budget, and neither does anything the caller got wrong.
+    """
+    if isinstance(exc, Unavailable):
+        return True
+    if isinstance(exc, RateLimited):
+        return not exc.pull_limit
+    return False

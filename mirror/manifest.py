@@ -1,0 +1,175 @@
+"""Manifests and descriptors: media types, what a manifest refers to, raw bytes kept intact.
+
+Owns the four media types mirror copies and reading the references out of a manifest (child
+manifests of an index; config and layer blobs of an image). Never re-serialises a manifest:
+its digest is the sha256 of the exact bytes the registry served, so those bytes are what we push.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from mirror.errors import DigestMismatch, InvalidReference, ManifestError
+from mirror.reference import Digest
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_SCHEMA1 = frozenset(
+    {
+        "application/vnd.docker.distribution.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    }
+)
+
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+IMAGE_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+MANIFEST_TYPES = INDEX_TYPES | IMAGE_TYPES
+
+# Without every one of these a registry may down-convert to schema1, and the digest changes.
+ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST))
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # same cap as distribution's manifest handler
+
+# Layers that live outside the registry (Windows base layers): a registry does not serve them.
+FOREIGN_LAYER_TYPES = frozenset(
+    {
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    """Where an image of an index runs: ``linux/arm64/v8``."""
+
+    os: str
+    architecture: str
+    variant: str | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.os}/{self.architecture}"
+        return f"{text}/{self.variant}" if self.variant else text
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """A pointer to content: media type, digest and size (distribution's descriptor)."""
+
+    media_type: str
+    digest: Digest
+    size: int
+    platform: Platform | None = None
+    urls: tuple[str, ...] = ()
+
+    @property
+    def is_foreign(self) -> bool:
+        """True for layers that must be fetched from their URLs, not from the registry."""
+        return bool(self.urls) or self.media_type in FOREIGN_LAYER_TYPES
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A manifest as served: its raw bytes, media type and digest, and what it refers to.
+
+    ``children`` are the manifests an index lists; ``blobs`` are the config and layers of an
+    image manifest (foreign layers left out: the registry holds no copy of them).
+    """
+
+    raw: bytes = field(repr=False)
+    media_type: str
+    digest: Digest
+    children: tuple[Descriptor, ...] = ()
+    blobs: tuple[Descriptor, ...] = ()
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES
+
+    @property
+    def size(self) -> int:
+        return len(self.raw)
+
+    def descriptor(self) -> Descriptor:
+        return Descriptor(self.media_type, self.digest, len(self.raw))
+
+
+def parse_manifest(
+    raw: bytes, content_type: str | None, expected: Digest | None = None
+) -> Manifest:
+    """Read a manifest from the exact bytes a registry served.
+
+    The media type comes from the manifest's own ``mediaType`` field when present, else from the
+    Content-Type header, else from its shape (OCI manifests may omit the field). When
+    ``expected`` is given, the bytes must hash to it or DigestMismatch is raised.
+    """
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"manifest is {len(raw)} bytes, over the {MAX_MANIFEST_BYTES} byte cap")
+    digest = Digest.of(raw) if expected is None else _digest_with(expected, raw)
+    if expected is not None and digest != expected:
+        raise DigestMismatch(f"manifest {expected}", expected, digest)
+    try:
+        document = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"manifest {digest} is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ManifestError(f"manifest {digest} is not a JSON object")
+
+    media_type = _media_type(document, content_type, digest)
+    try:
+        if media_type in INDEX_TYPES:
+            children = tuple(_descriptor(d) for d in document.get("manifests") or ())
+            return Manifest(raw, media_type, digest, children=children)
+        blobs = [_descriptor(document["config"])]
+        blobs += [_descriptor(d) for d in document.get("layers") or ()]
+    except (KeyError, TypeError, ValueError, InvalidReference) as exc:
+        raise ManifestError(f"manifest {digest} has a malformed descriptor: {exc}") from None
+    return Manifest(raw, media_type, digest, blobs=tuple(b for b in blobs if not b.is_foreign))
+
+
+def _media_type(document: dict[str, Any], content_type: str | None, digest: Digest) -> str:
+    declared = document.get("mediaType")
+    header = (content_type or "").split(";")[0].strip()
+    for candidate in (declared, header):
+        if candidate in MANIFEST_TYPES:
+            return str(candidate)
+        if candidate in DOCKER_SCHEMA1:
+            raise ManifestError(f"manifest {digest} is Docker schema 1, which mirror does not copy")
+    if declared is None and document.get("schemaVersion") == 2:
+        # OCI allows omitting mediaType; tell index from image by shape.
+        if "manifests" in document:
+            return OCI_INDEX
+        if "config" in document:
+            return OCI_MANIFEST
+    raise ManifestError(
+        f"manifest {digest} has unsupported media type {declared or header or 'unknown'!r}"
+    )
+
+
+def _descriptor(data: dict[str, Any]) -> Descriptor:
+    platform = None
+    if isinstance(data.get("platform"), dict):
+        p = data["platform"]
+        platform = Platform(str(p.get("os", "")), str(p.get("architecture", "")), p.get("variant"))
+    size = data["size"]
+    if not isinstance(size, int) or size < 0:
+        raise ValueError(f"bad size {size!r}")
+    return Descriptor(
+        media_type=str(data.get("mediaType", "")),
+        digest=Digest.parse(data["digest"]),
+        size=size,
+        platform=platform,
+        urls=tuple(data.get("urls") or ()),
+    )
+
+
+def _digest_with(expected: Digest, data: bytes) -> Digest:
+    hasher = expected.hasher()
+    hasher.update(data)
+    return Digest(f"{expected.algorithm}:{hasher.hexdigest()}")

@@ -1,0 +1,221 @@
+"""Image references and digests: parsing, Docker Hub normalisation, canonical text.
+
+Owns the grammar of distribution's ``reference`` package (registry, repository path, tag,
+digest) and Docker's naming rules (``docker.io``, ``library/``, ``latest``). Knows nothing of
+HTTP: which endpoint serves ``docker.io`` is the registry client's business.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, replace
+
+from mirror.errors import InvalidReference
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+OFFICIAL_NAMESPACE = "library"  # Docker Hub keeps official images here: golang = library/golang
+DEFAULT_TAG = "latest"
+MAX_NAME_LENGTH = 255  # distribution's NameTotalLengthMax
+
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_HOST_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_HOST = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9a-fA-F:.]+\]")
+_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_DIGEST_HEX_LENGTH = {"sha256": 64, "sha512": 128}
+_DIGEST = re.compile(r"(?P<algorithm>[a-z0-9]+(?:[+._-][a-z0-9]+)*):(?P<hex>[a-f0-9]+)")
+
+
+class Digest(str):
+    """A content digest such as ``sha256:9f86d08...``; a ``str`` so it serialises as itself."""
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, text: str) -> Digest:
+        """Return ``text`` as a Digest, or raise InvalidReference saying what is wrong with it."""
+        match = _DIGEST.fullmatch(text)
+        if match is None:
+            raise InvalidReference(text, "a digest is ALGORITHM:HEX, e.g. sha256:<64 hex digits>")
+        algorithm, hexpart = match["algorithm"], match["hex"]
+        expected = _DIGEST_HEX_LENGTH.get(algorithm)
+        if expected is None:
+            raise InvalidReference(text, f"unsupported digest algorithm {algorithm!r}")
+        if len(hexpart) != expected:
+            raise InvalidReference(text, f"a {algorithm} digest has {expected} hex digits")
+        return cls(text)
+
+    @classmethod
+    def of(cls, data: bytes) -> Digest:
+        """The sha256 digest of ``data``."""
+        return cls("sha256:" + hashlib.sha256(data).hexdigest())
+
+    @property
+    def algorithm(self) -> str:
+        return self.partition(":")[0]
+
+    @property
+    def hex(self) -> str:
+        return self.partition(":")[2]
+
+    def hasher(self) -> hashlib._Hash:
+        """A fresh hash object of this digest's algorithm, to check content as it streams."""
+        return hashlib.new(self.algorithm)
+
+
+def is_registry_host(component: str) -> bool:
+    """Whether the first path component of a reference names a registry (Docker's rule)."""
+    return "." in component or ":" in component or component == "localhost"
+
+
+def is_loopback_host(registry: str) -> bool:
+    """Whether ``registry`` (host[:port]) is on this machine; Docker allows plain HTTP there."""
+    if registry.startswith("["):
+        host = registry[1 : registry.find("]")]
+    else:
+        host = registry.partition(":")[0]
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A parsed reference: ``registry/repository[:tag][@digest]`` with Docker Hub normalised.
+
+    ``tag`` and ``digest`` are both None when the text named only a repository; callers decide
+    whether that means ``latest`` (``with_default_tag``) or every tag (``mirror sync``).
+    """
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: Digest | None = None
+
+    @property
+    def name(self) -> str:
+        """``registry/repository``, without tag or digest."""
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def reference(self) -> str | None:
+        """What goes in ``/v2/<name>/manifests/<reference>``: the digest if any, else the tag."""
+        return self.digest or self.tag
+
+    def with_default_tag(self) -> Reference:
+        """This reference, with ``latest`` when it names neither a tag nor a digest."""
+        if self.tag is None and self.digest is None:
+            return replace(self, tag=DEFAULT_TAG)
+        return self
+
+    def with_tag(self, tag: str) -> Reference:
+        """The same repository at ``tag``."""
+        if _TAG.fullmatch(tag) is None:
+            raise InvalidReference(
+                tag, "a tag is up to 128 of [A-Za-z0-9_.-], not starting with . or -"
+            )
+        return replace(self, tag=tag, digest=None)
+
+    def with_digest(self, digest: str) -> Reference:
+        """The same repository at ``digest``."""
+        return replace(self, tag=None, digest=Digest.parse(digest))
+
+    def __str__(self) -> str:
+        text = self.name
+        if self.tag is not None:
+            text += f":{self.tag}"
+        if self.digest is not None:
+            text += f"@{self.digest}"
+        return text
+
+
+def parse_reference(text: str) -> Reference:
+    """Parse an image reference the way ``docker pull`` does.
+
+    ``golang`` is ``docker.io/library/golang``; ``diamol/golang`` is ``docker.io/diamol/golang``;
+    a first component with a dot, a colon or ``localhost`` is a registry. Raises InvalidReference
+    naming the text and what is wrong with it.
+    """
+    if not text:
+        raise InvalidReference(text, "empty reference")
+    if text != text.strip() or any(c.isspace() for c in text):
+        raise InvalidReference(text, "a reference contains no spaces")
+
+    remainder, at, digest_text = text.partition("@")
+    digest = None
+    if at:
+        try:
+            digest = Digest.parse(digest_text)
+        except InvalidReference as exc:
+            raise InvalidReference(text, exc.reason) from None
+
+    # A tag is after the last colon that comes after the last slash (a port's colon is before it).
+    name, tag = remainder, None
+    slash = remainder.rfind("/")
+    colon = remainder.rfind(":")
+    if colon > slash:
+        name, tag = remainder[:colon], remainder[colon + 1 :]
+        if _TAG.fullmatch(tag) is None:
+            raise InvalidReference(
+                text, f"bad tag {tag!r}: up to 128 of [A-Za-z0-9_.-], not starting with . or -"
+            )
+
+    registry, repository = _split_name(text, name)
+    if len(repository) > MAX_NAME_LENGTH:
+        raise InvalidReference(text, f"repository name longer than {MAX_NAME_LENGTH} characters")
+    return Reference(registry=registry, repository=repository, tag=tag, digest=digest)
+
+
+def parse_repository(text: str) -> Reference:
+    """Parse text that must name a repository only (no tag, no digest)."""
+    ref = parse_reference(text)
+    if ref.tag is not None or ref.digest is not None:
+        raise InvalidReference(text, "expected a repository without tag or digest")
+    return ref
+
+
+def normalize_registry(host: str) -> str:
+    """The canonical name of a registry host: Docker Hub's aliases all become ``docker.io``."""
+    return DOCKER_HUB if host.lower() in DOCKER_HUB_ALIASES else host
+
+
+def validate_registry(text: str, registry: str) -> None:
+    """Raise InvalidReference unless ``registry`` is ``host[:port]`` with a port in 1..65535."""
+    if registry.startswith("["):
+        host, _, after = registry.partition("]")
+        host += "]"
+        port = after[1:] if after.startswith(":") else None
+        if after and port is None:
+            raise InvalidReference(text, f"bad registry host {registry!r}")
+    else:
+        host, colon, port_text = registry.rpartition(":")
+        host, port = (host, port_text) if colon else (registry, None)
+    if port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise InvalidReference(text, f"bad port {port!r} in registry {registry!r}: must be 1-65535")
+    if _HOST.fullmatch(host) is None:
+        raise InvalidReference(text, f"bad registry host {registry!r}")
+
+
+def _split_name(text: str, name: str) -> tuple[str, str]:
+    if not name:
+        raise InvalidReference(text, "empty repository name")
+    first, slash, rest = name.partition("/")
+    if slash and is_registry_host(first):
+        validate_registry(text, first)
+        registry, path = normalize_registry(first), rest
+    else:
+        registry, path = DOCKER_HUB, name
+    if not path:
+        raise InvalidReference(text, "empty repository name")
+    for component in path.split("/"):
+        if not component:
+            raise InvalidReference(text, "empty path component (doubled or trailing '/')")
+        if _COMPONENT.fullmatch(component) is None:
+            why = "must be lower case" if component.lower() != component else "has a bad character"
+            raise InvalidReference(
+                text,
+                f"path component {component!r} {why}: "
+                "use [a-z0-9] separated by '.', '_', '__' or '-'",
+            )
+    if registry == DOCKER_HUB and "/" not in path:
+        path = f"{OFFICIAL_NAMESPACE}/{path}"
+    return registry, path

@@ -1,0 +1,561 @@
+"""The distribution API verbs over one ``httpx.AsyncClient`` per registry.
+
+Owns endpoints and transport security (plain HTTP only for loopback or insecure registries),
+the request verbs (``head_manifest``, ``get_manifest``, ``put_manifest``, ``blob_exists``,
+``open_blob``, ``upload_blob``, ``mount_blob``, ``list_tags``), and the one place where a
+response becomes an exception. No policy and no config: callers decide what to copy and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
+from mirror.auth import Credentials, CredentialSource, RegistryAuth
+from mirror.errors import (
+    ManifestError,
+    MirrorError,
+    NotFound,
+    RateLimited,
+    RegistryError,
+    Unauthorized,
+    Unavailable,
+    is_retryable,
+)
+from mirror.manifest import ACCEPT, MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from mirror.reference import DOCKER_HUB, Digest, is_loopback_host
+
+DOCKER_HUB_ENDPOINT = "https://registry-1.docker.io"  # users say docker.io; the API lives here
+MAX_ERROR_BODY_BYTES = 64 * 1024  # error JSON is small; never read a megabyte error page
+MAX_TAGS_BODY_BYTES = 16 * 1024 * 1024  # a page of tags/list; Hub pages are well under this
+BLOB_CHUNK_BYTES = 1024 * 1024  # read/write granularity when streaming blobs
+TAGS_PAGE_SIZE = 1000  # ask for large pages; registries may return fewer and a Link header
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=None)
+DEFAULT_RETRY_ATTEMPTS = 4
+MAX_RETRY_WAIT_S = 60.0  # never sleep longer than this on one Retry-After
+_T = TypeVar("_T")
+_SAFE_QUERY_KEYS = frozenset({"digest", "mount", "from", "n", "last", "service", "scope"})
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestHead:
+    """What a manifest HEAD tells: digest, media type and size, without counting as a pull."""
+
+    digest: Digest | None
+    media_type: str
+    size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Docker Hub's quota headers: ``ratelimit-limit: 100;w=21600`` and the remaining count."""
+
+    limit: int
+    remaining: int
+    window_s: int | None
+
+    @classmethod
+    def from_headers(cls, headers: httpx.Headers) -> RateLimit | None:
+        """Read the quota from a response; None when the headers are absent (no limit)."""
+        limit, window = _quota_value(headers.get("ratelimit-limit"))
+        remaining, _ = _quota_value(headers.get("ratelimit-remaining"))
+        if limit is None or remaining is None:
+            return None
+        return cls(limit, remaining, window)
+
+
+@dataclass(frozen=True, slots=True)
+class MountResult:
+    """The outcome of a mount attempt: mounted (201), or an upload session to use instead (202)."""
+
+    mounted: bool
+    upload_url: str | None = None
+
+
+def _quota_value(text: str | None) -> tuple[int | None, int | None]:
+    if not text:
+        return None, None
+    value, _, rest = text.partition(";")
+    window = None
+    for part in rest.split(";"):
+        key, _, val = part.strip().partition("=")
+        if key == "w" and val.isdigit():
+            window = int(val)
+    try:
+        return int(value.strip()), window
+    except ValueError:
+        return None, None
+
+
+def default_endpoint(registry: str, *, insecure: bool = False) -> str:
+    """The base URL for ``registry``: Hub's API host, plain HTTP on loopback or when insecure."""
+    if registry == DOCKER_HUB:
+        return DOCKER_HUB_ENDPOINT
+    scheme = "http" if insecure or is_loopback_host(registry) else "https"
+    return f"{scheme}://{registry}"
+
+
+def safe_url(url: httpx.URL | str) -> str:
+    """A URL fit for messages and logs: no userinfo, and only harmless query values kept.
+
+    Upload state and CDN signatures live in query strings; they are replaced by ``...``.
+    """
+    url = httpx.URL(str(url))
+    params: list[tuple[str, str | int | float | bool | None]] = [
+        (k, v if k in _SAFE_QUERY_KEYS else "...") for k, v in url.params.multi_items()
+    ]
+    return str(url.copy_with(userinfo=b"", query=None).copy_merge_params(params))
+
+
+class Registry:
+    """A client for one registry: the distribution API verbs over a shared connection pool.
+
+    Every method raises a ``RegistryError`` subclass (or ``AuthError``) on failure, never an
+    httpx exception. Idempotent verbs retry what ``is_retryable`` allows, up to ``retry_attempts``
+    tries, sleeping through ``sleep`` (tests pass one that does not sleep).
+    """
+
+    def __init__(
+        self,
+        registry: str,
+        *,
+        endpoint: str | None = None,
+        credentials: CredentialSource | Credentials | None = None,
+        insecure: bool = False,
+        ca_file: str | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        max_connections: int = 32,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry_attempts: int = DEFAULT_RETRY_ATTEMPTS,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self.name = registry
+        self.endpoint = (endpoint or default_endpoint(registry, insecure=insecure)).rstrip("/")
+        if self.endpoint.startswith("http://") and not (insecure or is_loopback_host(registry)):
+            raise MirrorError(
+                f"registry {registry}: endpoint {self.endpoint} is plain HTTP; "
+                "set insecure = true for it to allow that"
+            )
+        self.auth = RegistryAuth(registry, credentials, allow_insecure_realm=insecure)
+        verify: ssl.SSLContext | bool = True
+        if insecure and not is_loopback_host(registry):
+            verify = False  # Docker's insecure-registries: plain HTTP or unverified TLS
+        elif ca_file:
+            verify = ssl.create_default_context(cafile=ca_file)
+        self._http = httpx.AsyncClient(
+            base_url=self.endpoint,
+            auth=self.auth,
+            timeout=timeout,
+            verify=verify,
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            headers={"User-Agent": "mirror/0.1"},
+        )
+        self._retry_attempts = max(1, retry_attempts)
+        self._sleep = sleep
+        self.rate_limit: RateLimit | None = None
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Registry:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- verbs ------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """Check that the registry speaks the v2 API (``GET /v2/``); raise if it cannot be used."""
+        response = await self._send("GET", "/v2/")
+        await self._raise_for(response, what="the v2 API (GET /v2/)")
+
+    async def head_manifest(self, repository: str, reference: str) -> ManifestHead | None:
+        """HEAD a manifest by tag or digest; None when it does not exist.
+
+        Docker Hub does not count HEADs against the pull limit, so comparing digests this way
+        is free. The digest is None when the registry sends no ``Docker-Content-Digest``.
+        """
+        what = f"manifest {repository}:{reference}"
+        path = f"/v2/{repository}/manifests/{reference}"
+        response = await self._retrying("HEAD", path, what=what, headers={"Accept": ACCEPT})
+        if response.status_code == 404:
+            return None
+        await self._raise_for(response, what=what)
+        digest_header = response.headers.get("Docker-Content-Digest")
+        length = response.headers.get("Content-Length")
+        return ManifestHead(
+            digest=Digest.parse(digest_header) if digest_header else None,
+            media_type=response.headers.get("Content-Type", "").split(";")[0].strip(),
+            size=int(length) if length and length.isdigit() else None,
+        )
+
+    async def get_manifest(
+        self, repository: str, reference: str, *, expected: Digest | None = None
+    ) -> Manifest:
+        """GET a manifest's exact bytes and check them against the digest they were asked by.
+
+        ``expected`` defaults to ``reference`` when that is a digest, else to the
+        ``Docker-Content-Digest`` the registry reports. Bytes over 4 MiB are refused.
+        """
+        if expected is None and reference.startswith("sha256:"):
+            expected = Digest.parse(reference)
+        path = f"/v2/{repository}/manifests/{reference}"
+
+        async def attempt() -> Manifest:
+            async with self._stream("GET", path, headers={"Accept": ACCEPT}) as response:
+                await self._raise_for(response, what=f"manifest {repository}:{reference}")
+                raw = await _read_capped(response, MAX_MANIFEST_BYTES, f"manifest {reference}")
+                reported = response.headers.get("Docker-Content-Digest")
+                content_type = response.headers.get("Content-Type")
+            check = expected or (Digest.parse(reported) if reported else None)
+            return parse_manifest(raw, content_type, check)
+
+        return await self._with_retries(attempt)
+
+    async def put_manifest(self, repository: str, reference: str, manifest: Manifest) -> Digest:
+        """PUT a manifest's original bytes under a tag or its digest, with its own media type."""
+        what = f"manifest {repository}:{reference}"
+        path = f"/v2/{repository}/manifests/{reference}"
+        response = await self._retrying(
+            "PUT",
+            path,
+            what=what,
+            content=manifest.raw,
+            headers={"Content-Type": manifest.media_type},
+        )
+        await self._raise_for(response, what=what)
+        return manifest.digest
+
+    async def blob_exists(self, repository: str, digest: Digest) -> bool:
+        """HEAD a blob: whether ``repository`` already holds it."""
+        what = f"blob {digest} in {repository}"
+        response = await self._retrying("HEAD", f"/v2/{repository}/blobs/{digest}", what=what)
+        if response.status_code == 404:
+            return False
+        await self._raise_for(response, what=what)
+        return True
+
+    @asynccontextmanager
+    async def open_blob(
+        self, repository: str, digest: Digest, *, offset: int = 0
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Stream a blob's bytes (from ``offset``, by Range); redirects to a CDN are followed.
+
+        The Authorization header is not sent to the redirect's host. Yields an iterator of
+        chunks; nothing is buffered beyond one chunk.
+        """
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        path = f"/v2/{repository}/blobs/{digest}"
+        async with self._stream("GET", path, headers=headers, follow_redirects=True) as response:
+            await self._raise_for(response, what=f"blob {digest} in {repository}")
+            if offset and response.status_code != 206:
+                raise Unavailable(
+                    f"registry {self.name} ignored the Range request for blob {digest}",
+                    method="GET",
+                    url=safe_url(response.url),
+                    status=response.status_code,
+                )
+            yield _chunks(response, self.name, digest)
+
+    async def mount_blob(self, repository: str, digest: Digest, source: str) -> MountResult:
+        """Ask the registry to link a blob from another of its repositories (no bytes move).
+
+        201 means mounted. 202 means the registry declined and opened an ordinary upload
+        session instead, whose URL is returned for ``upload_blob`` to use.
+        """
+        response = await self._send(
+            "POST", f"/v2/{repository}/blobs/uploads/", params={"mount": digest, "from": source}
+        )
+        if response.status_code == 201:
+            return MountResult(mounted=True)
+        await self._raise_for(response, what=f"mount of blob {digest} into {repository}")
+        return MountResult(mounted=False, upload_url=self._location(response))
+
+    async def upload_blob(
+        self,
+        repository: str,
+        digest: Digest,
+        size: int,
+        chunks: AsyncIterable[bytes],
+        *,
+        upload_url: str | None = None,
+    ) -> None:
+        """Upload a blob in one streamed PUT with an explicit Content-Length.
+
+        Opens an upload session (POST) unless ``upload_url`` names one already, then PUTs
+        ``chunks`` to it with ``?digest=``; the registry verifies the digest before it commits.
+        Not retried here: ``chunks`` can be consumed once, so the caller retries the transfer.
+        """
+        if upload_url is None:
+            what = f"upload of blob {digest} to {repository}"
+            response = await self._retrying("POST", f"/v2/{repository}/blobs/uploads/", what=what)
+            await self._raise_for(response, what=what)
+            upload_url = self._location(response)
+        url = httpx.URL(upload_url).copy_merge_params({"digest": str(digest)})
+        response = await self._send(
+            "PUT",
+            url,
+            content=chunks,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+        )
+        await self._raise_for(response, what=f"upload of blob {digest} to {repository}")
+
+    async def list_tags(self, repository: str) -> list[str]:
+        """Every tag of ``repository``, following ``Link: <...>; rel="next"`` page by page."""
+        tags: list[str] = []
+        url: httpx.URL | str = f"/v2/{repository}/tags/list"
+        params: dict[str, Any] | None = {"n": TAGS_PAGE_SIZE}
+        what = f"tags of {repository}"
+        while True:
+            body, response = await self._get_capped(url, params, MAX_TAGS_BODY_BYTES, what)
+            try:
+                page = json.loads(body).get("tags") or []
+                if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
+                    raise ValueError("'tags' is not a list of strings")
+            except (ValueError, AttributeError) as exc:
+                raise RegistryError(
+                    f"registry {self.name}: tags list of {repository} is not valid JSON: {exc}",
+                    method="GET",
+                    url=safe_url(response.url),
+                    status=response.status_code,
+                ) from None
+            tags.extend(page)
+            next_url = self._next_link(response)
+            if next_url is None:
+                return tags
+            url, params = next_url, None
+
+    # --- the one place responses become exceptions -----------------------------------------
+
+    async def _raise_for(self, response: httpx.Response, *, what: str) -> None:
+        """Raise the RegistryError for an error status; return quietly for 2xx and 3xx."""
+        rate_limit = RateLimit.from_headers(response.headers)
+        if rate_limit is not None:
+            self.rate_limit = rate_limit
+        if response.status_code < 400:
+            return
+        body = b""
+        if response.request.method != "HEAD":
+            try:
+                body = await _read_capped(response, MAX_ERROR_BODY_BYTES, "error body", trim=True)
+            except httpx.HTTPError:
+                body = b""
+        raise self._error(response, what, body)
+
+    def _error(self, response: httpx.Response, what: str, body: bytes) -> RegistryError:
+        codes, details = _error_codes(body)
+        status = response.status_code
+        method = response.request.method
+        url = safe_url(response.request.url)
+        kind: type[RegistryError]
+        if status in (401, 403):
+            kind = Unauthorized
+            reason = "access denied" if status == 403 or "DENIED" in codes else "unauthorized"
+            if self.auth.credentials is None:
+                reason += " (no credentials configured for this registry)"
+        elif status == 404:
+            kind, reason = NotFound, "not found"
+        elif status == 429:
+            kind = RateLimited
+            reason = (
+                "pull rate limit reached" if "TOOMANYREQUESTS" in codes else "too many requests"
+            )
+        elif status >= 500:
+            kind, reason = Unavailable, "server error"
+        else:
+            kind, reason = RegistryError, "request refused"
+        detail = f": {details}" if details else ""
+        code_text = f" [{', '.join(codes)}]" if codes else ""
+        return kind(
+            f"registry {self.name}: {what}: {reason} (HTTP {status}{code_text}, {method} {url})"
+            f"{detail}",
+            method=method,
+            url=url,
+            status=status,
+            codes=codes,
+            retry_after=_retry_after(response.headers.get("Retry-After")),
+        )
+
+    def _unreachable(self, method: str, url: httpx.URL | str, exc: httpx.HTTPError) -> Unavailable:
+        kind = type(exc).__name__
+        text = str(exc) or kind
+        full = self._http.base_url.join(str(url)) if not str(url).startswith("http") else url
+        return Unavailable(
+            f"registry {self.name}: cannot reach {self.endpoint} ({method} {safe_url(full)}): "
+            f"{text}",
+            method=method,
+            url=safe_url(full),
+        )
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    async def _send(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
+        """One request with its body read, transport failures mapped to Unavailable."""
+        try:
+            response = await self._http.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            raise self._unreachable(method, url, exc) from None
+        return response
+
+    async def _retrying(self, method: str, url: str, *, what: str, **kwargs: Any) -> httpx.Response:
+        """``_send`` with retries for 5xx, the abuse 429 and transport failures.
+
+        Retryable error statuses raise here (so the retry sees them); other statuses are
+        returned for the caller to interpret (a 404 HEAD is an answer, not an error).
+        """
+
+        async def attempt() -> httpx.Response:
+            response = await self._send(method, url, **kwargs)
+            if response.status_code >= 500 or response.status_code == 429:
+                await self._raise_for(response, what=what)
+            return response
+
+        return await self._with_retries(attempt)
+
+    @asynccontextmanager
+    async def _stream(
+        self, method: str, url: httpx.URL | str, **kwargs: Any
+    ) -> AsyncIterator[httpx.Response]:
+        try:
+            async with self._http.stream(method, url, **kwargs) as response:
+                yield response
+        except httpx.TransportError as exc:
+            raise self._unreachable(method, url, exc) from None
+
+    async def _with_retries(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._retry_attempts),
+            retry=retry_if_exception(is_retryable),
+            wait=_wait_for,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        async for try_ in retrying:
+            with try_:
+                result = await attempt()
+        return result
+
+    async def _get_capped(
+        self, url: httpx.URL | str, params: Any, cap: int, what: str
+    ) -> tuple[bytes, httpx.Response]:
+        """GET a small document with retries, its body read up to ``cap`` bytes."""
+
+        async def attempt() -> tuple[bytes, httpx.Response]:
+            async with self._stream("GET", url, params=params) as response:
+                await self._raise_for(response, what=what)
+                return await _read_capped(response, cap, what), response
+
+        return await self._with_retries(attempt)
+
+    def _location(self, response: httpx.Response) -> str:
+        location = response.headers.get("Location")
+        if not location:
+            raise RegistryError(
+                f"registry {self.name}: upload started without a Location header",
+                method=response.request.method,
+                url=safe_url(response.request.url),
+                status=response.status_code,
+            )
+        return str(response.request.url.join(location))
+
+    def _next_link(self, response: httpx.Response) -> httpx.URL | None:
+        """The ``rel="next"`` target of a Link header, refused if it leaves this registry."""
+        link = response.links.get("next")
+        if link is None or not link.get("url"):
+            return None
+        target = response.request.url.join(link["url"])
+        if (target.scheme, target.netloc) != (
+            response.request.url.scheme,
+            response.request.url.netloc,
+        ):
+            raise RegistryError(
+                f"registry {self.name}: tags list Link header points at another host "
+                f"({safe_url(target)}); refusing to follow it",
+                method="GET",
+                url=safe_url(response.request.url),
+                status=response.status_code,
+            )
+        return target
+
+
+def _wait_for(retry_state: Any) -> float:
+    """Exponential backoff from 0.5 s, or the registry's Retry-After when it sent one."""
+    exc = retry_state.outcome.exception() if retry_state.outcome else None
+    if isinstance(exc, RegistryError) and exc.retry_after is not None:
+        return min(exc.retry_after, MAX_RETRY_WAIT_S)
+    return float(min(0.5 * 2 ** (retry_state.attempt_number - 1), 8.0))
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # the HTTP-date form is rare from registries; back off normally instead
+
+
+def _error_codes(body: bytes) -> tuple[list[str], str]:
+    """The registry's error codes and a short detail message from a JSON error body."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return [], ""
+    errors = document.get("errors") if isinstance(document, dict) else None
+    if not isinstance(errors, list):
+        return [], ""
+    codes: list[str] = []
+    messages: list[str] = []
+    for error in errors:
+        if isinstance(error, dict):
+            if isinstance(error.get("code"), str):
+                codes.append(error["code"])
+            if isinstance(error.get("message"), str):
+                messages.append(error["message"][:200])
+    return codes, "; ".join(messages)[:400]
+
+
+async def _read_capped(
+    response: httpx.Response, cap: int, what: str, *, trim: bool = False
+) -> bytes:
+    """Read a response body, refusing (or with ``trim``, cutting) anything over ``cap`` bytes."""
+    length = response.headers.get("Content-Length")
+    if not trim and length and length.isdigit() and int(length) > cap:
+        raise _too_large(response, what, cap)
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > cap:
+            if trim:
+                return bytes(body[:cap])
+            raise _too_large(response, what, cap)
+    return bytes(body)
+
+
+def _too_large(response: httpx.Response, what: str, cap: int) -> MirrorError:
+    message = f"{what} from {safe_url(response.request.url)} is over the {cap} byte cap"
+    return ManifestError(message) if what.startswith("manifest") else MirrorError(message)
+
+
+async def _chunks(response: httpx.Response, registry: str, digest: Digest) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.aiter_bytes(BLOB_CHUNK_BYTES):
+            yield chunk
+    except httpx.TransportError as exc:
+        raise Unavailable(
+            f"registry {registry}: blob {digest} download broke off: {exc or type(exc).__name__}",
+            method="GET",
+            url=safe_url(response.request.url),
+        ) from None
