@@ -48,7 +48,18 @@ class Challenge:
     @property
     def scopes(self) -> tuple[str, ...]:
         scope = self.params.get("scope", "")
-        return tuple(s for s in scope.split(" ") if s)
+        return tuple(normalize_scope(s) for s in scope.split(" ") if s)
+
+
+def normalize_scope(scope: str) -> str:
+    """``repository:x:push,pull`` -> ``repository:x:pull,push``: actions as a sorted set.
+
+    distribution lists a challenge's actions in random order; a cache must not care.
+    """
+    resource, colon, actions = scope.rpartition(":")
+    if not colon:
+        return scope
+    return f"{resource}:{','.join(sorted(set(actions.split(','))))}"
 
 
 def parse_challenges(header: str) -> list[Challenge]:
@@ -261,11 +272,12 @@ class RegistryAuth(httpx.Auth):
 
     async def _read_token(self, response: httpx.Response) -> _Token:
         realm = str(response.request.url.copy_with(query=None))
-        body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > MAX_TOKEN_RESPONSE_BYTES:
-                raise AuthError(f"registry {self.registry}: token endpoint {realm} sent over 1 MiB")
+        # httpx re-reads this response with aread() after the flow moves on, so it must be read
+        # with aread() too; a declared oversize body is refused before reading any of it.
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > MAX_TOKEN_RESPONSE_BYTES:
+            raise AuthError(f"registry {self.registry}: token endpoint {realm} sent over 1 MiB")
+        body = await response.aread()
         if response.status_code in (401, 403):
             who = f"user {self.credentials.username!r}" if self.credentials else "anonymous access"
             raise AuthError(
@@ -278,7 +290,7 @@ class RegistryAuth(httpx.Auth):
                 f"{response.status_code}"
             )
         try:
-            document = json.loads(bytes(body))
+            document = json.loads(body)
         except ValueError:
             raise AuthError(
                 f"registry {self.registry}: token endpoint {realm} did not answer JSON"

@@ -25,6 +25,7 @@ A dry run stops after step 3 and reports what it would move.
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
@@ -149,6 +150,8 @@ class Copier:
         self._blob_streams: dict[Digest, asyncio.Future[None]] = {}  # first stream per blob
         self._blob_homes: dict[Digest, str] = {}  # a target repository known to hold the blob
         self._planned: set[tuple[str, Digest]] = set()  # dry run: blobs counted as to copy
+        self._child_pushes: dict[tuple[str, Digest], asyncio.Future[None]] = {}
+        self._push_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def copy(
         self,
@@ -195,7 +198,11 @@ class Copier:
                 self._planned.add((target_repo, blob.digest))
                 self.report.blobs_copied += 1
                 self.report.bytes_copied += blob.size
-        self.report.manifests_pushed += len(plan.children) + 1
+        self.report.manifests_pushed += 1  # the tag
+        for child in plan.children:
+            if (target_repo, child.digest) not in self._planned:
+                self._planned.add((target_repo, child.digest))
+                self.report.manifests_pushed += 1
 
     # --- steps 1-3: plan ------------------------------------------------------------------
 
@@ -206,8 +213,13 @@ class Copier:
         if by_digest:
             # A digest names immutable content: if the target has it, there is nothing to do.
             digest = Digest.parse(reference)
-            if await self._target_has_manifest(target_repo, digest):
-                return _Plan(digest)
+            if target_reference == reference:
+                if await self._target_has_manifest(target_repo, digest):
+                    return _Plan(digest)
+            else:
+                target_head = await self.target.head_manifest(target_repo, target_reference)
+                if target_head is not None and target_head.digest == digest:
+                    return _Plan(digest)
         else:
             source_head, target_head = await asyncio.gather(
                 self.source.head_manifest(source_repo, reference),
@@ -310,11 +322,29 @@ class Copier:
                 raise failure  # cancellation: stop at once, nothing has been tagged
         if failures:
             raise failures[0]  # nothing that refers to a failed blob is pushed
-        await asyncio.gather(*(self._put_manifest(target_repo, c.digest, c) for c in plan.children))
+        await asyncio.gather(
+            *(
+                self._once(
+                    self._child_pushes,
+                    (target_repo, c.digest),
+                    self._put_manifest,
+                    target_repo,
+                    c.digest,
+                    c,
+                )
+                for c in plan.children
+            )
+        )
         await self._put_manifest(target_repo, target_reference, plan.top)
 
     async def _put_manifest(self, repo: str, reference: str, manifest: Manifest) -> None:
-        await self.target.put_manifest(repo, reference, manifest)
+        """PUT a manifest; manifest PUTs into one repository go one at a time.
+
+        distribution rewrites a manifest's blob on every PUT, so an index PUT that reads a child
+        while another PUT rewrites that child fails its digest check (seen with alias tags).
+        """
+        async with self._push_locks[repo]:
+            await self.target.put_manifest(repo, reference, manifest)
         self.report.manifests_pushed += 1
         self._manifest_present[(repo, manifest.digest)] = _resolved(True)
 
