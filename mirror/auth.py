@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import subprocess
 import time
 from collections import defaultdict
@@ -113,24 +114,22 @@ def _read_value(header: str, i: int) -> tuple[str, int]:
     return header[start:i].strip(), i
 
 
+# The route is anchored at the end: a repository may have a component called "blobs".
+_REPOSITORY_ROUTE = re.compile(
+    r"^/v2/(?P<name>.+?)/(?:manifests/[^/]+|blobs/uploads/[^/]*|blobs/[^/]+|tags/list)$"
+)
+
+
 def required_scopes(request: httpx.Request) -> tuple[str, ...]:
     """The token scopes a registry request needs, read from its path and method.
 
     Reads and HEADs need ``pull``; writes need ``pull,push``; a cross-repository mount needs
     ``pull`` on the repository it mounts from as well.
     """
-    path = request.url.path
-    if not path.startswith("/v2/"):
+    match = _REPOSITORY_ROUTE.match(request.url.path)
+    if match is None:
         return ()
-    rest = path[len("/v2/") :]
-    name = None
-    for marker in ("/manifests/", "/blobs/", "/tags/list"):
-        at = rest.rfind(marker)
-        if at > 0:
-            name = rest[:at]
-            break
-    if name is None:
-        return ()
+    name = match["name"]
     write = request.method not in ("GET", "HEAD")
     scopes = [f"repository:{name}:{'pull,push' if write else 'pull'}"]
     source = request.url.params.get("from")

@@ -124,10 +124,10 @@ def parse_manifest(
     media_type = _media_type(document, content_type, digest)
     try:
         if media_type in INDEX_TYPES:
-            children = tuple(_descriptor(d) for d in document.get("manifests") or ())
+            children = tuple(_descriptor(d) for d in _list(document, "manifests"))
             return Manifest(raw, media_type, digest, children=children)
-        blobs = [_descriptor(document["config"])]
-        blobs += [_descriptor(d) for d in document.get("layers") or ()]
+        blobs = [_descriptor(document.get("config"))]
+        blobs += [_descriptor(d) for d in _list(document, "layers")]
     except (KeyError, TypeError, ValueError, InvalidReference) as exc:
         raise ManifestError(f"manifest {digest} has a malformed descriptor: {exc}") from None
     return Manifest(raw, media_type, digest, blobs=tuple(b for b in blobs if not b.is_foreign))
@@ -152,7 +152,18 @@ def _media_type(document: dict[str, Any], content_type: str | None, digest: Dige
     )
 
 
-def _descriptor(data: dict[str, Any]) -> Descriptor:
+def _list(document: dict[str, Any], key: str) -> list[Any]:
+    value = document.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"{key!r} is not a list")
+    return value
+
+
+def _descriptor(data: Any) -> Descriptor:
+    if not isinstance(data, dict):
+        raise ValueError(f"a descriptor is a JSON object, not {type(data).__name__}")
     platform = None
     if isinstance(data.get("platform"), dict):
         p = data["platform"]

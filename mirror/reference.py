@@ -8,6 +8,7 @@ HTTP: which endpoint serves ``docker.io`` is the registry client's business.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from dataclasses import dataclass, replace
 
@@ -22,7 +23,7 @@ MAX_NAME_LENGTH = 255  # distribution's NameTotalLengthMax
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _HOST_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _HOST = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9a-fA-F:.]+\]")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIGEST_HEX_LENGTH = {"sha256": 64, "sha512": 128}
 _DIGEST = re.compile(r"(?P<algorithm>[a-z0-9]+(?:[+._-][a-z0-9]+)*):(?P<hex>[a-f0-9]+)")
 
@@ -70,12 +71,21 @@ def is_registry_host(component: str) -> bool:
 
 
 def is_loopback_host(registry: str) -> bool:
-    """Whether ``registry`` (host[:port]) is on this machine; Docker allows plain HTTP there."""
+    """Whether ``registry`` (host[:port]) is on this machine; Docker allows plain HTTP there.
+
+    Only ``localhost`` and literal loopback addresses count: a DNS name that merely starts
+    with ``127.`` is somebody else's host.
+    """
     if registry.startswith("["):
         host = registry[1 : registry.find("]")]
     else:
         host = registry.partition(":")[0]
-    return host == "localhost" or host == "::1" or host.startswith("127.")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,10 +191,10 @@ def normalize_registry(host: str) -> str:
 def validate_registry(text: str, registry: str) -> None:
     """Raise InvalidReference unless ``registry`` is ``host[:port]`` with a port in 1..65535."""
     if registry.startswith("["):
-        host, _, after = registry.partition("]")
-        host += "]"
+        host, bracket, after = registry.partition("]")
+        host += bracket
         port = after[1:] if after.startswith(":") else None
-        if after and port is None:
+        if not bracket or (after and port is None):
             raise InvalidReference(text, f"bad registry host {registry!r}")
     else:
         host, colon, port_text = registry.rpartition(":")

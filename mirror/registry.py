@@ -401,13 +401,25 @@ class Registry:
 
     # --- plumbing -----------------------------------------------------------------------------
 
-    async def _send(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Response:
-        """One request with its body read, transport failures mapped to Unavailable."""
+    async def _send(
+        self, method: str, url: httpx.URL | str, *, follow_redirects: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """One request, its body read up to MAX_ERROR_BODY_BYTES (these answers are small; an
+        error page of megabytes is cut), transport failures mapped to Unavailable."""
+        request = self._http.build_request(method, url, **kwargs)
         try:
-            response = await self._http.request(method, url, **kwargs)
+            response = await self._http.send(
+                request, stream=True, follow_redirects=follow_redirects
+            )
+            try:
+                body = await _read_capped(response, MAX_ERROR_BODY_BYTES, "response", trim=True)
+            finally:
+                await response.aclose()
         except httpx.TransportError as exc:
             raise self._unreachable(method, url, exc) from None
-        return response
+        return httpx.Response(
+            response.status_code, headers=response.headers, content=body, request=response.request
+        )
 
     async def _retrying(self, method: str, url: str, *, what: str, **kwargs: Any) -> httpx.Response:
         """``_send`` with retries for 5xx, the abuse 429 and transport failures.
