@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -347,26 +348,32 @@ def docker_credentials(registry: str, config_path: Path | None = None) -> Creden
     except (OSError, ValueError) as exc:
         raise AuthError(f"cannot read Docker credentials from {path}: {exc}") from None
     if not isinstance(document, dict):
-        return None
+        raise AuthError(f"cannot read Docker credentials from {path}: not a JSON object")
     registry = normalize_registry(registry)
     server = DOCKER_HUB_SERVER_URL if registry == DOCKER_HUB else registry
 
-    helpers = document.get("credHelpers") or {}
+    helpers = _table(document, "credHelpers", path)
     helper = next((h for k, h in helpers.items() if _config_key(k) == registry), None)
     helper = helper or document.get("credsStore")
     if helper:
-        found = _run_credential_helper(str(helper), server)
+        if not isinstance(helper, str):
+            raise AuthError(f"{path}: a credential helper name is a string, not {helper!r}")
+        found = _run_credential_helper(helper, server)
         if found is not None:
             return found
 
-    for key, entry in (document.get("auths") or {}).items():
+    for key, entry in _table(document, "auths", path).items():
         if _config_key(key) != registry or not isinstance(entry, dict):
             continue
-        if entry.get("username") and entry.get("password"):
-            return Credentials(str(entry["username"]), str(entry["password"]))
-        if entry.get("auth"):
+        username, password = entry.get("username"), entry.get("password")
+        if isinstance(username, str) and isinstance(password, str) and username and password:
+            return Credentials(username, password)
+        encoded = entry.get("auth")
+        if encoded:
             try:
-                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+                if not isinstance(encoded, str):
+                    raise ValueError
+                user, _, password = base64.b64decode(encoded).decode().partition(":")
             except ValueError:
                 raise AuthError(
                     f"{path}: the auth entry for {key!r} is not base64 user:password"
@@ -374,6 +381,13 @@ def docker_credentials(registry: str, config_path: Path | None = None) -> Creden
             if user and password:
                 return Credentials(user, password)
     return None
+
+
+def _table(document: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    value = document.get(key) or {}
+    if not isinstance(value, dict):
+        raise AuthError(f"{path}: {key!r} should be a JSON object, not {type(value).__name__}")
+    return value
 
 
 def _config_key(key: str) -> str:

@@ -109,7 +109,7 @@ async def _sync(args: argparse.Namespace) -> int:
 
     config = load_config(config_path(args.config))
     requests = resolve_requests(args.refs, args.to or config.target)
-    concurrency = args.concurrency or config.concurrency
+    concurrency = config.concurrency if args.concurrency is None else args.concurrency
     if concurrency < 1:
         raise MirrorError("--concurrency must be at least 1")
 

@@ -103,6 +103,23 @@ def default_endpoint(registry: str, *, insecure: bool = False) -> str:
     return f"{scheme}://{registry}"
 
 
+def _tls_verification(
+    registry: str, *, insecure: bool, ca_file: str | None
+) -> ssl.SSLContext | bool:
+    """How to check a registry's certificate, as Docker does.
+
+    ``insecure`` registries (daemon.json's insecure-registries) and loopback ones get TLS
+    without verification, unless a CA file is given, which means "verify against this CA".
+    Everything else is verified against the system's CAs.
+    """
+    if ca_file:
+        try:
+            return ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise MirrorError(f"registry {registry}: cannot use ca_file {ca_file}: {exc}") from None
+    return not (insecure or is_loopback_host(registry))
+
+
 def safe_url(url: httpx.URL | str) -> str:
     """A URL fit for messages and logs: no userinfo, and only harmless query values kept.
 
@@ -145,16 +162,11 @@ class Registry:
                 "set insecure = true for it to allow that"
             )
         self.auth = RegistryAuth(registry, credentials, allow_insecure_realm=insecure)
-        verify: ssl.SSLContext | bool = True
-        if insecure and not is_loopback_host(registry):
-            verify = False  # Docker's insecure-registries: plain HTTP or unverified TLS
-        elif ca_file:
-            verify = ssl.create_default_context(cafile=ca_file)
         self._http = httpx.AsyncClient(
             base_url=self.endpoint,
             auth=self.auth,
             timeout=timeout,
-            verify=verify,
+            verify=_tls_verification(registry, insecure=insecure, ca_file=ca_file),
             transport=transport,
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
@@ -178,8 +190,9 @@ class Registry:
 
     async def ping(self) -> None:
         """Check that the registry speaks the v2 API (``GET /v2/``); raise if it cannot be used."""
-        response = await self._send("GET", "/v2/")
-        await self._raise_for(response, what="the v2 API (GET /v2/)")
+        what = "the v2 API (GET /v2/)"
+        response = await self._retrying("GET", "/v2/", what=what)
+        await self._raise_for(response, what=what)
 
     async def head_manifest(self, repository: str, reference: str) -> ManifestHead | None:
         """HEAD a manifest by tag or digest; None when it does not exist.
@@ -209,7 +222,7 @@ class Registry:
         ``expected`` defaults to ``reference`` when that is a digest, else to the
         ``Docker-Content-Digest`` the registry reports. Bytes over 4 MiB are refused.
         """
-        if expected is None and reference.startswith("sha256:"):
+        if expected is None and ":" in reference:  # tags have no colon; digests always do
             expected = Digest.parse(reference)
         path = f"/v2/{repository}/manifests/{reference}"
 

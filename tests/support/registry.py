@@ -72,6 +72,11 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+def trust_ca(ca_file: Path) -> None:
+    """Make every client from ``http_client`` trust ``ca_file`` too (for TLS test registries)."""
+    _tls_context().load_verify_locations(cafile=str(ca_file))
+
+
 def http_client(**kwargs: Any) -> httpx.Client:
     """An ``httpx.Client`` that is cheap to create.
 
@@ -124,8 +129,15 @@ class RegistryProcess:
         workdir: Path | None = None,
         startup_timeout_s: float = 10.0,
         extra_config: Mapping[str, Any] | None = None,
+        scheme: str = "http",
+        ca_file: Path | None = None,
     ) -> None:
+        """``scheme="https"`` with ``extra_config`` holding ``http.tls``; ``ca_file`` is the CA
+        that signed its certificate, trusted by every ``http_client`` from then on."""
         self.binary = Path(binary)
+        self.scheme = scheme
+        if ca_file is not None:
+            trust_ca(ca_file)
         self.token_auth = token_auth
         self.startup_timeout_s = startup_timeout_s
         self._extra_config = dict(extra_config or {})
@@ -153,8 +165,8 @@ class RegistryProcess:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT`` (no trailing slash)."""
-        return f"http://{self.host}"
+        """``http://127.0.0.1:PORT`` (or https://, no trailing slash)."""
+        return f"{self.scheme}://{self.host}"
 
     @property
     def running(self) -> bool:
