@@ -28,9 +28,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support.images import Blob, Pusher, build_image  # noqa: E402
-from tests.support.registry import RegistryProcess  # noqa: E402
-from tests.support.tokenserver import HubRegistry, TokenServer  # noqa: E402
+from tests.support.images import Blob, Pusher, build_image
+from tests.support.registry import RegistryProcess
+from tests.support.tokenserver import HubRegistry, TokenServer
 
 MIB = 1024 * 1024
 RSS_LIMIT_MB = 100  # issue 2's bar for a 512 MiB layer

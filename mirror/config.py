@@ -70,7 +70,10 @@ class Config(BaseSettings):
                 validate_registry(name, name)
             except InvalidReference as exc:
                 raise ValueError(f"{name!r} is not a registry host[:port]: {exc.reason}") from None
-            normalised[normalize_registry(name)] = settings
+            canonical = normalize_registry(name)
+            if canonical in normalised:
+                raise ValueError(f"{name!r} and another key both name registry {canonical!r}")
+            normalised[canonical] = settings
         return normalised
 
     @classmethod

@@ -90,11 +90,19 @@ class NotFound(RegistryError):
 
 
 class RateLimited(RegistryError):
-    """429. ``pull_limit`` is true for Docker Hub's pull quota, false for the abuse limit."""
+    """429. ``pull_limit`` is true for Docker Hub's pull quota, false for the abuse limit.
+
+    Hub says which in the JSON body (``TOOMANYREQUESTS``); a HEAD has no body, so there a
+    ``ratelimit-remaining: 0`` header tells the quota apart (``quota_spent``).
+    """
+
+    def __init__(self, message: str, *, quota_spent: bool = False, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.quota_spent = quota_spent
 
     @property
     def pull_limit(self) -> bool:
-        return "TOOMANYREQUESTS" in self.codes
+        return self.quota_spent or "TOOMANYREQUESTS" in self.codes
 
 
 class Unavailable(RegistryError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from mirror.auth import Credentials, docker_credentials
 from mirror.config import Config
@@ -27,8 +28,10 @@ class Clients:
     own ``config.json`` (what ``docker login`` left), looked up at the registry's first 401.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, **registry_options: Any) -> None:
+        """``registry_options`` go to every ``Registry`` (tests pass ``transport``, ``sleep``)."""
         self.config = config
+        self._options = registry_options
         self._clients: dict[str, Registry] = {}
 
     def get(self, name: str) -> Registry:
@@ -46,6 +49,7 @@ class Clients:
                 credentials=credentials,
                 insecure=settings.insecure,
                 ca_file=settings.ca_file,
+                **self._options,
             )
             self._clients[name] = client
         return client

@@ -152,7 +152,7 @@ class Registry:
         max_connections: int = 32,
         transport: httpx.AsyncBaseTransport | None = None,
         retry_attempts: int = DEFAULT_RETRY_ATTEMPTS,
-        sleep: Callable[[float], Any] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         self.name = registry
         self.endpoint = (endpoint or default_endpoint(registry, insecure=insecure)).rstrip("/")
@@ -331,6 +331,7 @@ class Registry:
         url: httpx.URL | str = f"/v2/{repository}/tags/list"
         params: dict[str, Any] | None = {"n": TAGS_PAGE_SIZE}
         what = f"tags of {repository}"
+        seen: set[str] = set()
         while True:
             body, response = await self._get_capped(url, params, MAX_TAGS_BODY_BYTES, what)
             try:
@@ -345,9 +346,18 @@ class Registry:
                     status=response.status_code,
                 ) from None
             tags.extend(page)
+            seen.add(str(response.request.url))
             next_url = self._next_link(response)
             if next_url is None:
                 return tags
+            if str(next_url) in seen:
+                raise RegistryError(
+                    f"registry {self.name}: tags list of {repository} links back to a page "
+                    f"already read ({safe_url(next_url)}); refusing to loop",
+                    method="GET",
+                    url=safe_url(response.request.url),
+                    status=response.status_code,
+                )
             url, params = next_url, None
 
     # --- the one place responses become exceptions -----------------------------------------
@@ -391,6 +401,21 @@ class Registry:
             kind, reason = RegistryError, "request refused"
         detail = f": {details}" if details else ""
         code_text = f" [{', '.join(codes)}]" if codes else ""
+        if kind is RateLimited:
+            quota = RateLimit.from_headers(response.headers)
+            spent = quota is not None and quota.remaining <= 0
+            if spent and "TOOMANYREQUESTS" not in codes:
+                reason = "pull rate limit reached"
+            return RateLimited(
+                f"registry {self.name}: {what}: {reason} (HTTP {status}{code_text}, {method} "
+                f"{url}){detail}",
+                quota_spent=spent,
+                method=method,
+                url=url,
+                status=status,
+                codes=codes,
+                retry_after=_retry_after(response.headers.get("Retry-After")),
+            )
         return kind(
             f"registry {self.name}: {what}: {reason} (HTTP {status}{code_text}, {method} {url})"
             f"{detail}",
@@ -430,8 +455,14 @@ class Registry:
                 await response.aclose()
         except httpx.TransportError as exc:
             raise self._unreachable(method, url, exc) from None
+        # The body is decoded already: the new response must not decode it again.
+        headers = [
+            (k, v)
+            for k, v in response.headers.multi_items()
+            if k.lower() not in ("content-encoding", "transfer-encoding")
+        ]
         return httpx.Response(
-            response.status_code, headers=response.headers, content=body, request=response.request
+            response.status_code, headers=headers, content=body, request=response.request
         )
 
     async def _retrying(self, method: str, url: str, *, what: str, **kwargs: Any) -> httpx.Response:

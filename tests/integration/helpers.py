@@ -13,9 +13,17 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tests.support.registry import RegistryProcess
+
+
+class HasHost(Protocol):
+    """A registry or a proxy in front of one: anything with a ``host:port``."""
+
+    @property
+    def host(self) -> str: ...
+
 
 WRITE_METHODS = frozenset({"PUT", "POST", "PATCH", "DELETE"})
 HUB_USER, HUB_PASSWORD = "tester", "s3cret-pa55"  # tests.support.tokenserver.DEFAULT_USERS
@@ -29,13 +37,14 @@ class Run:
 
     @property
     def report(self) -> dict[str, Any]:
-        return json.loads(self.stdout)
+        report: dict[str, Any] = json.loads(self.stdout)
+        return report
 
     def tag(self, tag: str) -> dict[str, Any]:
         """The report's entry for the tag (or digest) ``tag``."""
         for entry in self.report["tags"]:
             if entry["target"].endswith(f":{tag}") or entry["target"].endswith(f"@{tag}"):
-                return entry
+                return dict(entry)
         raise AssertionError(f"no result for {tag} in {self.report['tags']}")
 
 
@@ -58,7 +67,7 @@ def run_mirror(
     return Run(completed.returncode, completed.stdout, completed.stderr)
 
 
-def hub_config(tmp_path: Path, hub: RegistryProcess, *, password_env: str = "HUB_PW") -> Path:
+def hub_config(tmp_path: Path, hub: HasHost, *, password_env: str = "HUB_PW") -> Path:
     """A config naming the test user for the Hub-like registry (password from the env)."""
     path = tmp_path / "mirror.toml"
     path.write_text(

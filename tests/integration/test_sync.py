@@ -4,6 +4,7 @@ counts come from the registries' own access logs, not from mirror's report."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from tests.integration.helpers import (
     HUB_PASSWORD,
+    Run,
     blob_path,
     hub_config,
     manifest_gets,
@@ -28,6 +30,7 @@ from tests.support.images import (
     verify_repository,
     verify_same,
 )
+from tests.support.proxy import RegistryProxy
 from tests.support.registry import RegistryProcess
 from tests.support.tokenserver import HubRegistry
 
@@ -75,7 +78,7 @@ def dozen(hub: HubRegistry, hub_pusher: Pusher, unique_repo: str) -> HubRepo:
     return HubRepo(unique_repo, images)
 
 
-def sync(home: Path, hub: HubRegistry, *args: str, config: Path | None = None):  # type: ignore[no-untyped-def]
+def sync(home: Path, hub: HubRegistry, *args: str, config: Path | None = None) -> Run:
     extra = ["--config", str(config)] if config else []
     return run_mirror("sync", *args, "--json", *extra, home=home, env={"HUB_PW": HUB_PASSWORD})
 
@@ -138,6 +141,7 @@ def test_incremental_change_moves_only_new_blobs(
     old = dozen.images["1.0.2"]
     new_layer = make_layer(5000, seed=f"{dozen.name}:c")
     release = build_image("docker", layers=[old.layers[0], new_layer])
+    assert release.config is not None
     for tag in ("1.0.3", "1.0", "1"):
         hub_pusher.push(dozen.name, release, tag)
     local_since = local.log_mark()
@@ -313,7 +317,7 @@ def test_blob_redirect_to_cdn_never_carries_authorization(
     hub: HubRegistry,
     local: RegistryProcess,
     dozen: HubRepo,
-    redirect_proxy,  # type: ignore[no-untyped-def]
+    redirect_proxy: RegistryProxy,
 ) -> None:
     config = hub_config(tmp_path, redirect_proxy)
     run = sync(
@@ -374,13 +378,13 @@ def test_repository_target_renames(
     verify_repository(local.url, "gallery/ui", "edge", expected_digest=dozen.images["edge"].digest)
 
 
-async def test_more_tags_than_one_page_are_all_mirrored(
+def test_more_tags_than_one_page_are_all_mirrored(
     tmp_path: Path,
     hub: HubRegistry,
     hub_pusher: Pusher,
     local: RegistryProcess,
     unique_repo: str,
-    make_proxy,  # type: ignore[no-untyped-def]
+    make_proxy: Callable[..., RegistryProxy],
 ) -> None:
     # distribution 2.8 ignores `n` for tags lists; the proxy pages them as Docker Hub does.
     proxy = make_proxy(hub.url, tags_page_size=2)

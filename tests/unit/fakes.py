@@ -1,4 +1,4 @@
-"""A small stateful registry behind ``httpx.MockTransport``, and test images built in Python.
+"""A small stateful registry behind a mock transport, and test images built in Python.
 
 ``FakeRegistry`` answers the distribution API verbs mirror uses (manifests, blobs, uploads with
 cross-repository mounts, ``tags/list`` with ``n``/``last`` and ``Link`` pagination, optional
@@ -47,12 +47,10 @@ def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def accepted_types(request: httpx.Request) -> set[str]:
-    """The media types named in a request's Accept header (parameters and q-values dropped)."""
+def accepted_types(headers: httpx.Headers) -> set[str]:
+    """The media types named in an Accept header (parameters and q-values dropped)."""
     return {
-        part.split(";")[0].strip()
-        for part in request.headers.get("Accept", "").split(",")
-        if part.strip()
+        part.split(";")[0].strip() for part in headers.get("Accept", "").split(",") if part.strip()
     }
 
 
@@ -188,6 +186,52 @@ def error_response(status: int, code: str, message: str = "", **headers: str) ->
     return httpx.Response(status, json=body, headers=headers)
 
 
+@dataclass
+class BrokenBody:
+    """A request whose body stream raised before Content-Length bytes had arrived."""
+
+    method: str
+    url: httpx.URL
+    received: int
+    declared: int | None
+
+
+class _ServerLikeTransport(httpx.AsyncBaseTransport):
+    """Like ``httpx.MockTransport``, but reads a request body the way a server does.
+
+    The body is read chunk by chunk and the request is handled the moment Content-Length
+    bytes have arrived: that is when a registry commits an upload, whatever the client's
+    stream does afterwards (it is still drained, as an HTTP client would). A stream that
+    raises before then never reaches the handler: it is noted in ``fake.broken_bodies`` and
+    the error goes back to the client.
+    """
+
+    def __init__(self, fake: FakeRegistry) -> None:
+        self._fake = fake
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        declared_text = request.headers.get("Content-Length", "")
+        declared = int(declared_text) if declared_text.isdigit() else None
+        body = bytearray()
+        response: httpx.Response | None = None
+        try:
+            async for chunk in request.stream:  # type: ignore[union-attr]
+                body += chunk
+                if response is None and declared is not None and len(body) >= declared:
+                    response = self._handle(request, bytes(body))
+        except Exception:
+            if response is None:
+                self._fake.broken_bodies.append(
+                    BrokenBody(request.method, request.url, len(body), declared)
+                )
+            raise
+        return response if response is not None else self._handle(request, bytes(body))
+
+    def _handle(self, request: httpx.Request, body: bytes) -> httpx.Response:
+        received = httpx.Request(request.method, request.url, headers=request.headers, content=body)
+        return self._fake.handle(received)
+
+
 class FakeRegistry:
     """An in-memory registry for one host, served through ``self.transport()``.
 
@@ -223,12 +267,13 @@ class FakeRegistry:
         self.faults: list[Fault] = []
         self.requests: list[Recorded] = []
         self.issued_tokens: list[str] = []
+        self.broken_bodies: list[BrokenBody] = []  # request bodies that broke off mid-way
         self._ids = itertools.count(1)
 
     # --- wiring -------------------------------------------------------------------------------
 
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self.handle)
+    def transport(self) -> httpx.AsyncBaseTransport:
+        return _ServerLikeTransport(self)
 
     def client(self, **kwargs: Any) -> Registry:
         """A mirror Registry talking to this fake over HTTPS, with retries that never sleep."""
@@ -289,7 +334,7 @@ class FakeRegistry:
         def fault(request: httpx.Request) -> httpx.Response | None:
             if method is not None and request.method != method:
                 return None
-            if kind is not None and self._kind(request) != kind:
+            if kind is not None and self.kind_of(request) != kind:
                 return None
             if remaining[0] is not None:
                 if remaining[0] <= 0:
@@ -310,7 +355,7 @@ class FakeRegistry:
                 request.url,
                 request.headers.copy(),
                 request.content,
-                self._kind(request),
+                self.kind_of(request),
             )
         )
         for fault in self.faults:
@@ -328,7 +373,7 @@ class FakeRegistry:
             return self._challenge(request)
         return self._route(request)
 
-    def _kind(self, request: httpx.Request) -> str:
+    def kind_of(self, request: httpx.Request) -> str:
         host, path = request.url.host, request.url.path
         if host == self.auth_host:
             return "token"
@@ -378,7 +423,7 @@ class FakeRegistry:
         if found is None:
             return error_response(404, "MANIFEST_UNKNOWN", "manifest unknown")
         raw, media_type = found
-        if media_type not in accepted_types(request):
+        if media_type not in accepted_types(request.headers):
             # distribution answers 404 for an index the client did not ask for (and would
             # down-convert an image to schema 1); either way the client gets nothing usable.
             return error_response(404, "MANIFEST_UNKNOWN", "media type not accepted")
@@ -527,7 +572,10 @@ class FakeRegistry:
             actions = "pull" if request.method in ("GET", "HEAD") else "pull,push"
             params += f',scope="repository:{name}:{actions}"'
         return error_response(
-            401, "UNAUTHORIZED", "authentication required", **{"WWW-Authenticate": f"Bearer {params}"}
+            401,
+            "UNAUTHORIZED",
+            "authentication required",
+            **{"WWW-Authenticate": f"Bearer {params}"},
         )
 
     def _token(self, request: httpx.Request) -> httpx.Response:

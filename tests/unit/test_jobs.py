@@ -1,0 +1,144 @@
+"""Jobs: one request -> the tags it selects -> one copy each; shared registry clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mirror.config import load_config
+from mirror.copy import Copier
+from mirror.errors import ConfigError
+from mirror.jobs import Clients, SyncRequest, sync
+from mirror.reference import parse_reference, parse_repository
+from tests.unit.conftest import RecordingSleep
+from tests.unit.fakes import FakeRegistry, make_image, make_index
+
+
+@dataclass
+class Env:
+    copier: Copier
+    src: FakeRegistry
+    dst: FakeRegistry
+
+
+@pytest.fixture
+async def env(sleeps: RecordingSleep) -> AsyncIterator[Env]:
+    src = FakeRegistry("source.test", page_size=2)
+    dst = FakeRegistry("target.test")
+    async with src.client(sleep=sleeps) as source, dst.client(sleep=sleeps) as target:
+        yield Env(Copier(source, target, sleep=sleeps), src, dst)
+
+
+def request(source: str, target: str) -> SyncRequest:
+    return SyncRequest(parse_reference(source), parse_repository(target))
+
+
+async def test_repository_without_tag_copies_every_tag_across_pages(env: Env) -> None:
+    src, dst = env.src, env.dst
+    images = {tag: make_image(i) for i, tag in enumerate(["a", "b", "c", "d", "e"])}
+    for tag, image in images.items():
+        src.seed("team/app", tag, image)
+
+    results = await sync(env.copier, request("source.test/team/app", "target.test/team/app"))
+
+    assert sorted(r.target for r in results) == [f"target.test/team/app:{t}" for t in images]
+    assert all(r.status == "copied" for r in results)
+    assert dst.tags["team/app"] == {tag: image.digest for tag, image in images.items()}
+    assert len(src.find("GET", "tags")) == 3
+
+
+async def test_one_failing_tag_does_not_stop_the_others(env: Env) -> None:
+    src, dst = env.src, env.dst
+    good, bad = make_image(1), make_image(2)
+    src.seed("team/app", "good", good)
+    src.seed("team/app", "bad", bad)
+    layer = bad.layer_digests[0]
+    src.served_blobs[layer] = bad.blobs[layer][::-1]
+
+    results = await sync(env.copier, request("source.test/team/app", "target.test/team/app"))
+
+    assert {r.target.rsplit(":", 1)[1]: r.status for r in results} == {
+        "good": "copied",
+        "bad": "failed",
+    }
+    assert dst.tags["team/app"] == {"good": good.digest}
+
+
+async def test_tag_listing_failure_is_one_failed_result(env: Env) -> None:
+    results = await sync(env.copier, request("source.test/no/such", "target.test/no/such"))
+
+    (result,) = results
+    assert result.status == "failed"
+    assert "no/such" in (result.error or "")
+    assert env.copier.report.tags_failed == 1
+
+
+async def test_single_tag_request_copies_only_that_tag(env: Env) -> None:
+    src, dst = env.src, env.dst
+    src.seed("team/app", "v1", make_image(3))
+    src.seed("team/app", "v2", make_image(4))
+
+    results = await sync(env.copier, request("source.test/team/app:v2", "target.test/x/app"))
+
+    assert [r.status for r in results] == ["copied"]
+    assert list(dst.tags["x/app"]) == ["v2"]
+    assert src.find("GET", "tags") == []
+
+
+async def test_digest_with_tag_is_tagged_on_the_target(env: Env) -> None:
+    src, dst = env.src, env.dst
+    index = make_index(5)
+    src.seed("team/app", None, index)
+
+    results = await sync(
+        env.copier, request(f"source.test/team/app:pinned@{index.digest}", "target.test/team/app")
+    )
+
+    assert [r.status for r in results] == ["copied"]
+    assert dst.tags["team/app"] == {"pinned": index.digest}
+
+
+async def test_digest_without_tag_lands_by_digest_only(env: Env) -> None:
+    src, dst = env.src, env.dst
+    image = make_image(6)
+    src.seed("team/app", None, image)
+
+    await sync(env.copier, request(f"source.test/team/app@{image.digest}", "target.test/team/app"))
+
+    assert dst.manifest("team/app", image.digest) == (image.raw, image.media_type)
+    assert "team/app" not in dst.tags
+
+
+# --- Clients ------------------------------------------------------------------------------------
+
+
+async def test_clients_share_one_registry_per_name_built_from_config(tmp_path: Path) -> None:
+    path = tmp_path / "mirror.toml"
+    path.write_text(
+        '[registries."registry.local:5000"]\ninsecure = true\n'
+        '[registries."docker.io"]\nendpoint = "https://hub-cache.internal"\n'
+    )
+    clients = Clients(load_config(path))
+
+    local = clients.get("registry.local:5000")
+    hub = clients.get("docker.io")
+
+    assert clients.get("registry.local:5000") is local
+    assert local.endpoint == "http://registry.local:5000"
+    assert hub.endpoint == "https://hub-cache.internal"
+    assert clients.get("ghcr.io").endpoint == "https://ghcr.io"
+    await clients.aclose()
+    assert clients.get("registry.local:5000") is not local
+
+
+async def test_clients_report_bad_credentials_settings_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "mirror.toml"
+    path.write_text('[registries."ghcr.io"]\nusername = "u"\npassword_env = "UNSET_VAR_X"\n')
+    clients = Clients(load_config(path))
+
+    with pytest.raises(ConfigError, match="UNSET_VAR_X"):
+        clients.get("ghcr.io")
+    await clients.aclose()
