@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mirror.reference import Digest
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+JOBS_IN_FLIGHT = 4  # `sync --all`: entries run at once; each bounds its own transfers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
             "repository; with a tag, that tag; with a digest, that manifest."
         ),
     )
-    sync.add_argument("refs", nargs="+", metavar="REF", help="e.g. diamol/golang, golang:1.22")
+    sync.add_argument("refs", nargs="*", metavar="REF", help="e.g. diamol/golang, golang:1.22")
+    sync.add_argument(
+        "--all",
+        action="store_true",
+        help="run every [[mirrors]] entry of the config once, then exit (for cron and CronJobs)",
+    )
     sync.add_argument(
         "--to",
         metavar="TARGET",
@@ -49,16 +55,42 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--concurrency", type=int, metavar="N", help="blob transfers at once (default 4)"
     )
+    sync.add_argument("--shard", metavar="I/N", help="with --all: only this shard's entries")
+
+    run = commands.add_parser(
+        "run",
+        help="run as a service: every [[mirrors]] entry on its schedule",
+        description=(
+            "Keep the target in step: one job per [[mirrors]] entry, run at start-up and then "
+            "on its interval or cron schedule. SIGTERM/SIGINT stop it cleanly, SIGHUP reloads "
+            "the config. Health and metrics are served on [daemon] listen."
+        ),
+    )
+    run.add_argument("--config", metavar="FILE", help="TOML config (default: $MIRROR_CONFIG)")
+    run.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run only the entries of shard I of N (0-based), so N replicas share the work",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "sync" and args.all and args.refs:
+        parser.error("sync: give REFs or --all, not both")
+    if args.command == "sync" and not args.all and not args.refs:
+        parser.error("sync: give at least one REF, or --all to run every configured entry")
     from mirror.errors import MirrorError
 
     try:
+        if args.command == "sync" and args.all:
+            return asyncio.run(_sync_all(args))
         if args.command == "sync":
             return asyncio.run(_sync(args))
+        if args.command == "run":
+            return _run(args)
     except MirrorError as exc:
         _error(str(exc))
         return EXIT_USAGE
@@ -76,29 +108,14 @@ def resolve_requests(refs: list[str], target_text: str) -> list[SyncRequest]:
     """
     from mirror.errors import ConfigError
     from mirror.jobs import SyncRequest
-    from mirror.reference import (
-        is_registry_host,
-        parse_reference,
-        parse_repository,
-        validate_registry,
-    )
+    from mirror.reference import names_registry, parse_reference, resolve_target
 
     sources = [parse_reference(ref) for ref in refs]
-    if "/" not in target_text and is_registry_host(target_text):
-        validate_registry(target_text, target_text)
-        registry = target_text
-        return [SyncRequest(s, parse_repository(f"{registry}/{s.repository}")) for s in sources]
-    target = parse_repository(target_text)
-    if "/" not in target_text:
-        raise ConfigError(
-            f"target {target_text!r} is neither a registry (host:port) nor a repository "
-            "(host:port/path)"
-        )
-    if len(sources) > 1:
+    if len(sources) > 1 and not names_registry(target_text):
         raise ConfigError(
             f"target {target_text} is one repository; give one REF, or a registry as the target"
         )
-    return [SyncRequest(sources[0], target)]
+    return [SyncRequest(source, resolve_target(source, target_text)) for source in sources]
 
 
 async def _sync(args: argparse.Namespace) -> int:
@@ -159,6 +176,66 @@ async def _sync(args: argparse.Namespace) -> int:
         if result.status == "failed":
             _error(f"{result.source}: {result.error}")
     return EXIT_FAILED if report.tags_failed else EXIT_OK
+
+
+async def _sync_all(args: argparse.Namespace) -> int:
+    """``mirror sync --all``: every configured entry once, logged like the daemon's runs."""
+    from mirror.config import config_path, load_config
+    from mirror.daemon import Shard
+    from mirror.errors import ConfigError
+    from mirror.jobs import Clients, run_entry
+    from mirror.logs import configure_logging
+
+    path = config_path(args.config)
+    config = load_config(path)
+    if args.to or args.concurrency is not None:
+        raise ConfigError("--all takes targets and concurrency from the config's entries")
+    shard = Shard.parse(args.shard) if args.shard else None
+    entries = [e for e in config.mirrors if shard is None or shard.owns(e.job_id(config.target))]
+    if not config.mirrors:
+        raise ConfigError(f"config {path or 'environment'}: no [[mirrors]] entries to run")
+    configure_logging(config.daemon.log_format, stream=sys.stderr if args.json else sys.stdout)
+    clients = Clients(config)
+    bound = asyncio.Semaphore(JOBS_IN_FLIGHT)
+
+    async def one(entry: Any) -> Any:
+        async with bound:
+            return await run_entry(entry, clients, dry_run=args.dry_run)
+
+    try:
+        results = await asyncio.gather(*(one(e) for e in entries))
+    finally:
+        await clients.aclose()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "jobs": [
+                        {
+                            "job": r.job,
+                            "outcome": r.outcome,
+                            "seconds": round(r.seconds, 3),
+                            "error": r.error,
+                            "report": r.report.as_dict(),
+                        }
+                        for r in results
+                    ]
+                }
+            )
+        )
+    return EXIT_OK if all(r.outcome == "success" for r in results) else EXIT_FAILED
+
+
+def _run(args: argparse.Namespace) -> int:
+    """``mirror run``: the daemon, until SIGTERM or SIGINT."""
+    from mirror.config import config_path, load_config
+    from mirror.daemon import Shard, serve
+    from mirror.logs import configure_logging
+
+    path = config_path(args.config)
+    shard = Shard.parse(args.shard) if args.shard else None
+    configure_logging(load_config(path).daemon.log_format)
+    return asyncio.run(serve(path, shard=shard))
 
 
 async def _preflight(clients: Any, requests: list[SyncRequest]) -> str | None:

@@ -8,20 +8,74 @@ values the library takes (endpoint, credentials, TLS). Does not open connections
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mirror.auth import Credentials
 from mirror.errors import ConfigError, InvalidReference
-from mirror.reference import normalize_registry, validate_registry
+from mirror.reference import (
+    Reference,
+    normalize_registry,
+    parse_reference,
+    resolve_target,
+    validate_registry,
+)
 
 DEFAULT_TARGET = "localhost:5000"
+DEFAULT_INTERVAL_S = 6 * 3600  # when neither the entry nor [defaults] names a schedule
 CONFIG_ENV = "MIRROR_CONFIG"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any, *, allow_zero: bool = False) -> float:
+    """``"30m"``, ``"1h30m"``, ``"45s"``, ``"1d"`` or a number of seconds -> seconds (> 0)."""
+    if isinstance(value, bool):
+        raise ValueError('a duration is like "30m", "6h" or "1h30m"')
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip().replace(" ", "")
+        parts = _DURATION_PART.findall(text)
+        if "".join(n + u for n, u in parts) != text:
+            raise ValueError(f'bad duration {value!r}: write it like "30m", "6h" or "1h30m"')
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    else:
+        raise ValueError('a duration is like "30m", "6h" or "1h30m"')
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise ValueError(f"duration {value!r} must be more than zero")
+    return seconds
+
+
+def check_cron(expression: str) -> str:
+    """Validate a five-field crontab expression (``"0 */6 * * *"``), as APScheduler reads it."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(expression)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"bad cron expression {expression!r}: {exc}") from None
+    return expression
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+DurationOrZero = Annotated[float, BeforeValidator(lambda v: parse_duration(v, allow_zero=True))]
+Cron = Annotated[str, BeforeValidator(lambda v: check_cron(v) if isinstance(v, str) else v)]
 
 
 class RegistrySettings(BaseModel):
@@ -50,6 +104,111 @@ class RegistrySettings(BaseModel):
         return value
 
 
+class EntryDefaults(BaseModel):
+    """``[defaults]``: merged into every ``[[mirrors]]`` entry at load time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interval: Duration | None = None
+    cron: Cron | None = None
+    concurrency: int | None = Field(default=None, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> EntryDefaults:
+        if self.interval is not None and self.cron is not None:
+            raise ValueError("give interval or cron, not both")
+        return self
+
+
+class MirrorEntry(BaseModel):
+    """One ``[[mirrors]]`` entry, complete (defaults merged): what to copy, where, and when.
+
+    ``source`` is a repository (every tag) or a tag; ``target`` a repository, defaulting to the
+    config's ``target`` registry plus the source's repository path.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str
+    target: str | None = None
+    interval: Duration | None = None
+    cron: Cron | None = None
+    concurrency: int = Field(default=4, ge=1, le=64)
+
+    @field_validator("source")
+    @classmethod
+    def _source_is_reference(cls, value: str) -> str:
+        try:
+            parse_reference(value)
+        except InvalidReference as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> MirrorEntry:
+        if self.interval is not None and self.cron is not None:
+            raise ValueError("give interval or cron, not both")
+        if self.interval is None and self.cron is None:
+            return self.model_copy(update={"interval": float(DEFAULT_INTERVAL_S)})
+        return self
+
+    def endpoints(self, default_target: str) -> tuple[Reference, Reference]:
+        """The source reference and the target repository, with the config's target applied."""
+        source = parse_reference(self.source)
+        return source, resolve_target(source, self.target or default_target)
+
+    def job_id(self, default_target: str) -> str:
+        """A stable name for the entry's job: ``docker.io/diamol/golang -> localhost:5000/...``."""
+        source, target = self.endpoints(default_target)
+        return f"{source} -> {target.name}"
+
+    @property
+    def schedule(self) -> str:
+        """``every 30m`` or ``cron 0 */6 * * *``, for logs and status."""
+        if self.cron is not None:
+            return f"cron {self.cron}"
+        return f"every {format_duration(self.interval or DEFAULT_INTERVAL_S)}"
+
+
+class DaemonSettings(BaseModel):
+    """``[daemon]``: how ``mirror run`` serves health and metrics, stops, and spreads load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: str = Field(default="127.0.0.1:9090", description="health and metrics address")
+    grace_period: DurationOrZero = Field(default=30.0, description="time to let copies finish")
+    jitter: DurationOrZero = Field(default=30.0, description="random delay added to each run")
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_address(cls, value: str) -> str:
+        _, colon, port = value.rpartition(":")
+        if not colon or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"{value!r} is not HOST:PORT")
+        return value
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+def format_duration(seconds: float) -> str:
+    """3600 -> ``1h``; 5400 -> ``1h30m``; 0.5 -> ``0.5s``."""
+    if seconds < 1 or seconds != int(seconds):
+        return f"{seconds:g}s"
+    parts, rest = [], int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    return "".join(parts)
+
+
 class Config(BaseSettings):
     """The whole configuration; see ``config.example.toml`` for every key."""
 
@@ -60,6 +219,33 @@ class Config(BaseSettings):
     target: str = Field(default=DEFAULT_TARGET, description="where `mirror sync` copies to")
     concurrency: int = Field(default=4, ge=1, le=64, description="blob transfers at once")
     registries: dict[str, RegistrySettings] = Field(default_factory=dict)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    defaults: EntryDefaults = Field(default_factory=EntryDefaults)
+    mirrors: list[MirrorEntry] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_defaults(cls, data: Any) -> Any:
+        """Merge ``[defaults]`` into every entry, so the jobs only ever see complete entries.
+
+        An entry that names its own schedule (interval or cron) takes neither from defaults.
+        """
+        if not isinstance(data, dict):
+            return data
+        defaults = data.get("defaults") or {}
+        entries = data.get("mirrors")
+        if not isinstance(defaults, dict) or not isinstance(entries, list):
+            return data
+        merged = []
+        for entry in entries:
+            if isinstance(entry, dict):
+                base = dict(defaults)
+                if "interval" in entry or "cron" in entry:
+                    base.pop("interval", None)
+                    base.pop("cron", None)
+                entry = {**base, **entry}
+            merged.append(entry)
+        return {**data, "mirrors": merged}
 
     @field_validator("registries")
     @classmethod
@@ -87,6 +273,21 @@ class Config(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment first: MIRROR_* overrides what the file (passed as init values) says.
         return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _entries_resolve(self) -> Config:
+        """Every entry has a usable target, and no two entries are the same job."""
+        seen: dict[str, int] = {}
+        for index, entry in enumerate(self.mirrors):
+            try:
+                job = entry.job_id(self.target)
+            except InvalidReference as exc:
+                key = f"mirrors[{index}].target" if entry.target else "target"
+                raise ValueError(f"{key}: {exc}") from None
+            if job in seen:
+                raise ValueError(f"mirrors[{index}] repeats mirrors[{seen[job]}] ({job})")
+            seen[job] = index
+        return self
 
     def registry(self, name: str) -> RegistrySettings:
         """Settings for registry ``name``; defaults when the config says nothing of it."""
@@ -164,7 +365,9 @@ def describe_validation_error(exc: ValidationError) -> str:
             parts.append(f"{key}: required key is missing")
         else:
             message = error["msg"].removeprefix("Value error, ")
-            parts.append(f"{key}: {message} (got {error.get('input')!r})")
+            value = error.get("input")
+            shown = f" (got {value!r})" if isinstance(value, str | int | float | bool) else ""
+            parts.append(f"{key}: {message}{shown}" if key else f"{message}{shown}")
     return "; ".join(parts)
 
 

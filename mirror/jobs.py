@@ -1,24 +1,31 @@
 """Mirror jobs: a source repository (all tags, one tag, or one digest) -> copies -> results.
 
-Owns turning a request like "``diamol/golang`` into ``localhost:5000``" into tag copies run
-concurrently through one Copier, and the registry clients a process shares (one connection
-pool per registry). Does not parse arguments or print; ``cli`` and ``daemon`` do.
+Owns turning a request like "``diamol/golang`` into ``localhost:5000``" (or a configured
+mirror entry) into tag copies run concurrently through one Copier, the registry clients a
+process shares (one connection pool per registry), and the canonical log lines: one per tag
+copied or failed, one per job run. Does not parse arguments, print or schedule.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import Any
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import structlog
 
 from mirror.auth import Credentials, docker_credentials
-from mirror.config import Config
-from mirror.copy import Copier, TagResult
+from mirror.config import Config, MirrorEntry
+from mirror.copy import Copier, CopyReport, Progress, TagResult
 from mirror.errors import MirrorError
 from mirror.reference import Reference
 from mirror.registry import Registry
 
 TAGS_IN_FLIGHT = 8  # tags planned at once; blob transfers have their own, smaller bound
+
+Outcome = Literal["success", "partial", "failed"]
+log = structlog.get_logger("mirror")
 
 
 class Clients:
@@ -98,3 +105,97 @@ async def sync(copier: Copier, request: SyncRequest) -> list[TagResult]:
             return await copier.copy(source.repository, tag, target.repository, tag)
 
     return list(await asyncio.gather(*(one(tag) for tag in tags)))
+
+
+@dataclass(slots=True)
+class JobResult:
+    """One run of one mirror entry: its outcome, the copy report and how long it took.
+
+    ``failed`` means nothing could be checked (e.g. the source was unreachable, or every tag
+    failed); ``partial`` that some tags failed while others are in sync.
+    """
+
+    job: str
+    source_registry: str
+    outcome: Outcome
+    report: CopyReport
+    seconds: float
+    finished_at: float = field(default_factory=time.time)
+    error: str | None = None
+
+
+async def run_entry(
+    entry: MirrorEntry,
+    clients: Clients,
+    *,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> JobResult:
+    """Run one configured mirror entry once; log one line per tag moved or failed, and one for
+    the run. Never raises for what a registry does: that is the result's outcome."""
+    job = entry.job_id(clients.config.target)
+    source, target = entry.endpoints(clients.config.target)
+    report = CopyReport(dry_run=dry_run)
+    started = time.monotonic()
+    error = None
+    try:
+        copier = Copier(
+            clients.get(source.registry),
+            clients.get(target.registry),
+            concurrency=entry.concurrency,
+            dry_run=dry_run,
+            progress=progress,
+            report=report,
+        )
+        await sync(copier, SyncRequest(source, target))
+    except MirrorError as exc:  # config trouble found late, e.g. a password_env not set
+        error = str(exc)
+    seconds = time.monotonic() - started
+
+    for tag in report.tags:
+        if tag.status == "copied":
+            log.info(
+                "tag synced",
+                job=job,
+                source=tag.source,
+                target=tag.target,
+                digest=tag.digest,
+                blobs=tag.blobs_missing,
+                bytes=tag.bytes_missing,
+            )
+        elif tag.status == "planned":
+            log.info(
+                "tag would sync",
+                job=job,
+                source=tag.source,
+                target=tag.target,
+                digest=tag.digest,
+                blobs=tag.blobs_missing,
+                bytes=tag.bytes_missing,
+            )
+        elif tag.status == "failed":
+            log.error("tag failed", job=job, source=tag.source, target=tag.target, error=tag.error)
+    if error is not None or (report.tags_failed and report.tags_failed == report.tags_checked):
+        outcome: Outcome = "failed"
+    elif report.tags_failed:
+        outcome = "partial"
+    else:
+        outcome = "success"
+    result = JobResult(job, source.registry, outcome, report, seconds, error=error)
+    log_method = log.info if outcome == "success" else log.warning
+    log_method(
+        "job run",
+        job=job,
+        outcome=outcome,
+        tags_checked=report.tags_checked,
+        tags_copied=report.tags_copied,
+        tags_skipped=report.tags_skipped,
+        tags_failed=report.tags_failed,
+        blobs_copied=report.blobs_copied,
+        blobs_mounted=report.blobs_mounted,
+        bytes=report.bytes_copied,
+        upstream_manifest_gets=report.upstream_manifest_gets,
+        seconds=round(seconds, 3),
+        **({"error": error} if error else {}),
+    )
+    return result

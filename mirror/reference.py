@@ -183,6 +183,28 @@ def parse_repository(text: str) -> Reference:
     return ref
 
 
+def names_registry(target: str) -> bool:
+    """Whether a copy target names a whole registry (``localhost:5000``), not one repository."""
+    return "/" not in target and is_registry_host(target)
+
+
+def resolve_target(source: Reference, target: str) -> Reference:
+    """The repository ``source`` is copied into.
+
+    A target naming a registry keeps the source's repository path (``diamol/golang`` into
+    ``localhost:5000`` is ``localhost:5000/diamol/golang``); a target naming a repository
+    (``registry.local:5000/gallery/ui``) is that repository.
+    """
+    if names_registry(target):
+        validate_registry(target, target)
+        return parse_repository(f"{target}/{source.repository}")
+    if "/" not in target:
+        raise InvalidReference(
+            target, "a target is a registry (host:port) or a repository (host:port/path)"
+        )
+    return parse_repository(target)
+
+
 def normalize_registry(host: str) -> str:
     """The canonical name of a registry host: Docker Hub's aliases all become ``docker.io``."""
     return DOCKER_HUB if host.lower() in DOCKER_HUB_ALIASES else host

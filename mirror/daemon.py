@@ -1,0 +1,306 @@
+"""``mirror run``: the long-running service that keeps the target in step on a schedule.
+
+Owns the APScheduler wiring (one job per configured entry, never two runs of one entry at
+once, missed runs coalesced, jitter), the start-up pass, signals (SIGTERM/SIGINT stop with a
+grace period, SIGHUP reloads the config), sharding across replicas, and systemd's notify
+protocol. Copying is ``jobs``' business; HTTP serving is ``health``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from mirror.config import Config, MirrorEntry, load_config
+from mirror.errors import ConfigError, MirrorError
+from mirror.health import HealthServer, Metrics
+from mirror.jobs import Clients, JobResult, Outcome, run_entry
+
+STARTUP_SPREAD_S = 5.0  # the start-up pass spreads its first runs over at most this long
+log = structlog.get_logger("mirror")
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """``--shard I/N``: this replica runs the entries whose stable hash is I modulo N."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        index, slash, count = text.partition("/")
+        if not slash or not index.isdigit() or not count.isdigit() or int(count) < 1:
+            raise ConfigError(f"--shard {text!r}: write it as I/N, e.g. 0/3 (I from 0 to N-1)")
+        if int(index) >= int(count):
+            raise ConfigError(f"--shard {text!r}: I must be less than N (shards count from 0)")
+        return cls(int(index), int(count))
+
+    def owns(self, job_id: str) -> bool:
+        return shard_of(job_id, self.count) == self.index
+
+
+def shard_of(job_id: str, count: int) -> int:
+    """A stable shard number for a job: the same on every replica and every restart."""
+    return int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:8], "big") % count
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd about our state (``READY=1``, ``STOPPING=1``) when run as Type=notify."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract socket namespace
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())
+
+
+class Daemon:
+    """Runs every configured entry on its schedule until told to stop."""
+
+    def __init__(self, config: Config, config_path: Path | None, *, shard: Shard | None = None):
+        self.config = config
+        self.config_path = config_path
+        self.shard = shard
+        self.metrics = Metrics()
+        self.clients = Clients(config)
+        self._retired_clients: list[Clients] = []
+        self._entries: dict[str, MirrorEntry] = {}
+        self._outcomes: dict[str, Outcome] = {}
+        self._ever_ok: set[str] = set()
+        self._running: set[asyncio.Task[Any]] = set()
+        self._stop = asyncio.Event()
+        self._scheduler = AsyncIOScheduler(timezone=datetime.UTC)
+        self.health = HealthServer(
+            config.daemon.listen_host,
+            config.daemon.listen_port,
+            self.metrics,
+            alive=self._alive,
+            ready=self._ready,
+        )
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; return the exit code (0 after a clean stop)."""
+        loop = asyncio.get_running_loop()
+        await self.health.start()
+        self._scheduler.start()
+        self._apply(self.config, first=True)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop, signum)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        log.info(
+            "daemon started",
+            jobs=len(self._entries),
+            listen=f"{self.health.host}:{self.health.port}",
+            shard=f"{self.shard.index}/{self.shard.count}" if self.shard else None,
+            config=str(self.config_path) if self.config_path else None,
+        )
+        sd_notify("READY=1\nSTATUS=mirroring")
+        await self._stop.wait()
+        await self._shutdown()
+        return 0
+
+    def request_stop(self, signum: int | None = None) -> None:
+        if not self._stop.is_set():
+            name = signal.Signals(signum).name if signum else "request"
+            log.info(
+                "stopping",
+                signal=name,
+                running_jobs=len(self._running),
+                grace_period_s=self.config.daemon.grace_period,
+            )
+            self._stop.set()
+
+    async def _shutdown(self) -> None:
+        """Stop scheduling, let running copies finish within the grace period, then cancel.
+
+        A cancelled copy never leaves a tag pointing at missing content: tags are written last.
+        """
+        sd_notify("STOPPING=1")
+        self._scheduler.shutdown(wait=False)
+        running = set(self._running)
+        if running:
+            _, pending = await asyncio.wait(running, timeout=self.config.daemon.grace_period)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("grace period over, cancelling", jobs=len(pending))
+                await asyncio.gather(*pending, return_exceptions=True)
+        await self.health.stop()
+        for clients in (*self._retired_clients, self.clients):
+            await clients.aclose()
+        log.info("daemon stopped")
+
+    async def reload(self) -> None:
+        """SIGHUP: read the config again; jobs are added, removed and rescheduled to match.
+
+        A config that does not load is rejected with a logged error; the old one stays.
+        """
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            new = load_config(self.config_path)
+        except MirrorError as exc:
+            log.error("config reload rejected", error=str(exc))
+        else:
+            if new.daemon != self.config.daemon:
+                log.warning("config reload: [daemon] settings take effect at the next restart")
+            if (new.registries, new.target) != (self.config.registries, self.config.target):
+                self._retired_clients.append(self.clients)
+                self.clients = Clients(new)
+            self._apply(new, first=False)
+            self.config = new
+            log.info("config reloaded", jobs=len(self._entries))
+        sd_notify("READY=1")
+
+    # --- jobs ---------------------------------------------------------------------------
+
+    def _apply(self, config: Config, *, first: bool) -> None:
+        """Make the scheduled jobs match ``config``: new entries run at once (with a little
+        spread), changed ones get their new schedule, removed ones go."""
+        wanted = {
+            entry.job_id(config.target): entry
+            for entry in config.mirrors
+            if self.shard is None or self.shard.owns(entry.job_id(config.target))
+        }
+        for job_id in set(self._entries) - set(wanted):
+            self._scheduler.remove_job(job_id)
+            del self._entries[job_id]
+            self._outcomes.pop(job_id, None)
+            self._ever_ok.discard(job_id)
+            self.metrics.forget(job_id)
+            log.info("job removed", job=job_id)
+        jitter = config.daemon.jitter
+        spread = min(jitter, STARTUP_SPREAD_S)
+        now = datetime.datetime.now(datetime.UTC)
+        for job_id, entry in wanted.items():
+            old = self._entries.get(job_id)
+            self._entries[job_id] = entry
+            if old == entry:
+                continue
+            trigger = _trigger(entry, jitter)
+            if old is None:
+                self._scheduler.add_job(
+                    self._run_job,
+                    trigger,
+                    args=[job_id],
+                    id=job_id,
+                    name=job_id,
+                    max_instances=1,
+                    coalesce=True,
+                    misfire_grace_time=None,
+                    next_run_time=now + datetime.timedelta(seconds=random.uniform(0, spread)),
+                )
+                if not first:
+                    log.info("job added", job=job_id, schedule=entry.schedule)
+            elif (old.interval, old.cron) != (entry.interval, entry.cron):
+                self._scheduler.reschedule_job(job_id, trigger=trigger)
+                log.info("job rescheduled", job=job_id, schedule=entry.schedule)
+        self.metrics.jobs.set(len(self._entries))
+
+    async def _run_job(self, job_id: str) -> None:
+        """One scheduled run. Whatever happens stays inside this job: the daemon goes on."""
+        entry = self._entries.get(job_id)
+        if entry is None:
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
+        try:
+            result = await run_entry(entry, self.clients)
+        except Exception as exc:  # a bug, not a registry's doing: log it and carry on
+            log.exception("job crashed", job=job_id, error=str(exc))
+            self._outcomes[job_id] = "failed"
+            return
+        finally:
+            self._running.discard(task)
+        self._record(result)
+
+    def _record(self, result: JobResult) -> None:
+        if result.job not in self._entries:
+            return  # removed by a reload while it ran
+        source = self.clients.get(result.source_registry)
+        self.metrics.record(result, source.rate_limit)
+        self._outcomes[result.job] = result.outcome
+        if result.outcome != "failed":
+            self._ever_ok.add(result.job)
+
+    # --- health ---------------------------------------------------------------------------
+
+    def _alive(self) -> tuple[bool, str]:
+        if self._scheduler.running and not self._stop.is_set():
+            return True, "ok"
+        return False, "scheduler not running"
+
+    def _ready(self) -> tuple[bool, str]:
+        waiting = sorted(set(self._entries) - self._ever_ok)
+        if not waiting:
+            return True, f"ready: {len(self._entries)} jobs have run"
+        return False, "waiting for a first good run of:\n" + "\n".join(waiting)
+
+
+def _trigger(entry: MirrorEntry, jitter: float) -> IntervalTrigger | CronTrigger:
+    # Jitter never exceeds a tenth of the interval, so short intervals stay short.
+    if entry.cron is not None:
+        minute, hour, day, month, day_of_week = entry.cron.split()
+        return CronTrigger(
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=day_of_week,
+            jitter=int(jitter) or None,
+            timezone=datetime.UTC,
+        )
+    interval = entry.interval or 0.0
+    return IntervalTrigger(
+        seconds=interval, jitter=int(min(jitter, interval / 10)) or None, timezone=datetime.UTC
+    )
+
+
+class _StructlogHandler(logging.Handler):
+    """Routes stdlib logging (APScheduler's warnings) into the same structured stream."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = record.levelname.lower()
+        getattr(log, level if level in ("warning", "error", "critical") else "info")(
+            record.getMessage(), logger=record.name
+        )
+
+
+def route_stdlib_logging() -> None:
+    handler = _StructlogHandler()
+    logger = logging.getLogger("apscheduler")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+
+
+async def serve(config_path: Path | None, *, shard: Shard | None = None) -> int:
+    """Load the config and run the daemon until it is told to stop."""
+    config = load_config(config_path)
+    if not config.mirrors:
+        raise ConfigError(
+            f"config {config_path or 'environment'}: no [[mirrors]] entries, nothing to run"
+        )
+    route_stdlib_logging()
+    return await Daemon(config, config_path, shard=shard).run()
