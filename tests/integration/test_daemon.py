@@ -1,0 +1,289 @@
+"""`mirror run` as a user runs it: a subprocess with a config, against real registries.
+
+The daemon's JSON log lines, its /healthz, /readyz and /metrics, and the registries' own
+content are what the tests look at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.helpers import HUB_PASSWORD, HUB_USER, run_mirror
+from tests.support.images import Pusher, build_image, manifest_digest, verify_same
+from tests.support.registry import RegistryProcess, free_port
+from tests.support.tokenserver import HubRegistry
+
+WAIT_S = 20.0  # generous: a run takes well under a second here
+
+
+class Daemon:
+    """A running ``mirror run`` with its log lines collected as they come."""
+
+    def __init__(self, config: Path, home: Path, port: int, *extra: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MIRROR_", "DOCKER_"))}
+        env.update(HOME=str(home), DOCKER_CONFIG=str(home / ".docker"), HUB_PW=HUB_PASSWORD)
+        self.port = port
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mirror", "run", "--config", str(config), *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self.lines: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.raw.append(line)
+            with contextlib.suppress(ValueError):
+                self.lines.append(json.loads(line))
+
+    def events(self, event: str, **match: Any) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in list(self.lines)
+            if e.get("event") == event and all(e.get(k) == v for k, v in match.items())
+        ]
+
+    def wait_for(self, what: str, check: Callable[[], Any], timeout: float = WAIT_S) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; log:\n{''.join(self.raw)}")
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=5)
+
+    def stop(self, timeout: float = WAIT_S) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def start(config: Path, port: int, *extra: str) -> Daemon:
+        daemon = Daemon(config, tmp_path, port, *extra)
+        started.append(daemon)
+        daemon.wait_for("the daemon to start", lambda: daemon.events("daemon started"))
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()
+
+
+def config_text(
+    hub: HubRegistry, local: RegistryProcess, port: int, entries: list[str], **daemon: str
+) -> str:
+    settings = {"listen": f"127.0.0.1:{port}", "jitter": "0s", "grace_period": "10s", **daemon}
+    lines = [f'target = "{local.host}"', "[daemon]"]
+    lines += [f'{key} = "{value}"' for key, value in settings.items()]
+    lines += [
+        f'[registries."{hub.host}"]',
+        f'username = "{HUB_USER}"',
+        'password_env = "HUB_PW"',
+        "[defaults]",
+        'interval = "1s"',
+    ]
+    for source in entries:
+        lines += ["[[mirrors]]", f'source = "{hub.host}/{source}"']
+    return "\n".join(lines) + "\n"
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one series in Prometheus text format (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            series, _, value = line.rpartition(" ")
+            if all(f'{k}="{v}"' in series for k, v in labels.items()):
+                return float(value)
+    return 0.0
+
+
+def test_daemon_keeps_the_target_in_step_and_reports_it(
+    tmp_path: Path,
+    hub: HubRegistry,
+    hub_pusher: Pusher,
+    local: RegistryProcess,
+    unique_repo: str,
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    hub_pusher.push(unique_repo, build_image("docker", seed=f"{unique_repo}:1"), "1.0")
+    hub_pusher.push(unique_repo, build_image("oci", seed=f"{unique_repo}:2"), "2.0")
+    port = free_port()
+    config = tmp_path / "mirror.toml"
+    config.write_text(config_text(hub, local, port, [unique_repo]))
+
+    daemon = start_daemon(config, port)
+    job = f"{hub.host}/{unique_repo} -> {local.host}/{unique_repo}"
+
+    daemon.wait_for("the first run", lambda: daemon.events("job run", job=job))
+    verify_same((hub.url, hub.token_getter()), (local.url, None), unique_repo, ["1.0", "2.0"])
+    assert daemon.get("/healthz").status_code == 200
+    assert daemon.wait_for("readiness", lambda: daemon.get("/readyz").status_code == 200)
+    synced = {e["target"] for e in daemon.events("tag synced", job=job)}
+    assert synced == {f"{local.host}/{unique_repo}:1.0", f"{local.host}/{unique_repo}:2.0"}
+
+    # A tag pushed upstream afterwards appears on a later run.
+    hub_pusher.push(unique_repo, build_image("oci", seed=f"{unique_repo}:3"), "3.0")
+    daemon.wait_for("the new tag", lambda: manifest_digest(local.url, unique_repo, "3.0"))
+    verify_same((hub.url, hub.token_getter()), (local.url, None), unique_repo, ["3.0"])
+
+    text = daemon.wait_for(
+        "metrics of two or more runs",
+        lambda: (
+            (t := daemon.get("/metrics").text)
+            and metric(t, "mirror_job_runs_total", job=job, outcome="success") >= 2
+            and metric(t, "mirror_tags_total", job=job, result="copied") >= 3
+            and t
+        ),
+    )
+    assert metric(text, "mirror_tags_total", job=job, result="copied") == 3
+    assert metric(text, "mirror_tags_total", job=job, result="failed") == 0
+    assert metric(text, "mirror_bytes_copied_total", job=job) > 0
+    assert metric(text, "mirror_last_success_timestamp_seconds", job=job) > time.time() - 60
+    assert metric(text, "mirror_jobs") == 1
+    # Each job run is one canonical line with its counts; no run overlaps another.
+    runs = daemon.events("job run", job=job)
+    assert all({"tags_checked", "bytes", "seconds", "outcome"} <= set(r) for r in runs)
+
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started < 10
+    assert daemon.events("daemon stopped")
+    assert HUB_PASSWORD not in "".join(daemon.raw)
+
+
+def test_sighup_adds_an_entry_and_a_bad_config_is_rejected(
+    tmp_path: Path,
+    hub: HubRegistry,
+    hub_pusher: Pusher,
+    local: RegistryProcess,
+    unique_repo: str,
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    first, second = f"{unique_repo}-a", f"{unique_repo}-b"
+    hub_pusher.push(first, build_image("oci", seed=first), "v1")
+    hub_pusher.push(second, build_image("oci", seed=second), "v1")
+    port = free_port()
+    config = tmp_path / "mirror.toml"
+    config.write_text(config_text(hub, local, port, [first]))
+    daemon = start_daemon(config, port)
+    daemon.wait_for("the first entry", lambda: manifest_digest(local.url, first, "v1"))
+
+    config.write_text(config_text(hub, local, port, [first]) + "[[mirrors]]\nbogus = 1\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    rejected = daemon.wait_for("the rejection", lambda: daemon.events("config reload rejected"))
+    assert "mirrors[1]" in rejected[0]["error"]
+
+    config.write_text(config_text(hub, local, port, [first, second]))
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for("the added entry", lambda: manifest_digest(local.url, second, "v1"))
+    assert daemon.events("config reloaded")
+    assert daemon.get("/metrics").status_code == 200
+    assert metric(daemon.get("/metrics").text, "mirror_jobs") == 2
+    assert daemon.stop() == 0
+
+
+def test_sigterm_during_a_large_blob_stops_in_the_grace_period_and_moves_no_tag(
+    tmp_path: Path,
+    hub: HubRegistry,
+    hub_pusher: Pusher,
+    local: RegistryProcess,
+    unique_repo: str,
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    from tests.support.images import make_layer
+
+    big = make_layer(96 * 1024 * 1024, seed=unique_repo)  # random, so it stays this big
+    image = build_image("oci", layers=[big])
+    hub_pusher.push(unique_repo, image, "big")
+    port = free_port()
+    config = tmp_path / "mirror.toml"
+    config.write_text(config_text(hub, local, port, [unique_repo], grace_period="0.2s"))
+    mark = local.log_mark()
+    daemon = start_daemon(config, port)
+    daemon.wait_for(
+        "an upload to start",
+        lambda: any(e.method == "POST" for e in local.requests_since(mark)),
+    )
+
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started < 5
+    assert manifest_digest(local.url, unique_repo, "big") is None
+
+
+@pytest.mark.parametrize(
+    ("table", "named"),
+    [
+        ('[defaults]\ninterval = "1h"\ncron = "0 * * * *"', "defaults"),
+        ('[[mirrors]]\nsource = "a/b"\ncron = "61 * * * *"', "mirrors[0].cron"),
+        ('[[mirrors]]\nsource = "a/b"\ninterval = "soon"', "mirrors[0].interval"),
+        ('[[mirrors]]\nsource = "a/b"\nintervall = "1h"', "mirrors[0].intervall"),
+        ('[daemon]\nlisten = "nowhere"', "daemon.listen"),
+    ],
+)
+def test_config_errors_exit_2_naming_the_key(tmp_path: Path, table: str, named: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(table + "\n")
+
+    run = run_mirror("run", "--config", str(config), home=tmp_path, timeout=30)
+
+    assert run.code == 2
+    assert named in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_sync_all_runs_every_entry_once_and_exits(
+    tmp_path: Path, hub: HubRegistry, hub_pusher: Pusher, local: RegistryProcess, unique_repo: str
+) -> None:
+    first, second = f"{unique_repo}-a", f"{unique_repo}-b"
+    hub_pusher.push(first, build_image("oci", seed=first), "v1")
+    hub_pusher.push(second, build_image("docker", seed=second), "v1")
+    config = tmp_path / "mirror.toml"
+    config.write_text(config_text(hub, local, free_port(), [first, second]))
+
+    run = run_mirror(
+        "sync",
+        "--all",
+        "--config",
+        str(config),
+        "--json",
+        home=tmp_path,
+        env={"HUB_PW": HUB_PASSWORD},
+    )
+
+    assert run.code == 0, run.stderr
+    jobs = {j["job"]: j for j in json.loads(run.stdout)["jobs"]}
+    assert {j["outcome"] for j in jobs.values()} == {"success"}
+    assert len(jobs) == 2
+    verify_same((hub.url, hub.token_getter()), (local.url, None), first, ["v1"])
+    verify_same((hub.url, hub.token_getter()), (local.url, None), second, ["v1"])
