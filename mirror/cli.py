@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from mirror.copy import CopyReport
     from mirror.jobs import SyncRequest
     from mirror.reference import Digest
+    from mirror.selection import TagRules
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 JOBS_IN_FLIGHT = 4  # `sync --all`: entries run at once; each bounds its own transfers
@@ -56,6 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, metavar="N", help="blob transfers at once (default 4)"
     )
     sync.add_argument("--shard", metavar="I/N", help="with --all: only this shard's entries")
+    _add_rule_arguments(sync)
+    sync.add_argument(
+        "--recheck",
+        action="store_true",
+        help="check full-version tags upstream too (normally a tag like 2.1.106 that the "
+        "target already has is trusted: it names one build forever)",
+    )
+
+    tags = commands.add_parser(
+        "tags",
+        help="list which tags of a repository the rules select, and why; copy nothing",
+        description="List a repository's tags with the decision for each. Costs no pulls.",
+    )
+    tags.add_argument("ref", metavar="REPOSITORY", help="e.g. diamol/golang")
+    tags.add_argument("--config", metavar="FILE", help="TOML config (default: $MIRROR_CONFIG)")
+    tags.add_argument("--json", action="store_true", help="print the decisions as JSON")
+    tags.add_argument(
+        "--selected", action="store_true", help="print only the selected tags, one a line"
+    )
+    _add_rule_arguments(tags)
 
     run = commands.add_parser(
         "run",
@@ -75,6 +96,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_rule_arguments(parser: argparse.ArgumentParser) -> None:
+    rules = parser.add_argument_group("tag rules (for a REF without a tag)")
+    rules.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="keep only tags matching one of these (whole tag); repeatable",
+    )
+    rules.add_argument(
+        "--deny",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="leave out tags matching any of these; deny wins over allow; repeatable",
+    )
+    rules.add_argument(
+        "--versions", metavar="RANGE", help='a version range such as ">=2.1, <4" or "==2.*"'
+    )
+    rules.add_argument("--newest", type=int, metavar="N", help="only the N highest versions")
+    rules.add_argument(
+        "--aliases",
+        action="store_true",
+        help="also keep the moving aliases (2, 2.1, latest) whose newest version is selected",
+    )
+    rules.add_argument(
+        "--prereleases", action="store_true", help="let pre-releases (1.2.3-rc.1) through"
+    )
+
+
+def rules_from(args: argparse.Namespace) -> TagRules:
+    """The tag rules the command line gives (every tag when it gives none)."""
+    from mirror.selection import TagRules
+
+    return TagRules(
+        allow=tuple(args.allow),
+        deny=tuple(args.deny),
+        versions=args.versions,
+        prereleases=args.prereleases,
+        newest=args.newest,
+        aliases=args.aliases,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -91,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_sync(args))
         if args.command == "run":
             return _run(args)
+        if args.command == "tags":
+            return asyncio.run(_tags(args))
     except MirrorError as exc:
         _error(str(exc))
         return EXIT_USAGE
@@ -123,9 +190,14 @@ async def _sync(args: argparse.Namespace) -> int:
     from mirror.copy import Copier, CopyReport
     from mirror.errors import MirrorError
     from mirror.jobs import Clients, sync
+    from mirror.selection import DEFAULT_IMMUTABLE
 
     config = load_config(config_path(args.config))
     requests = resolve_requests(args.refs, args.to or config.target)
+    rules = rules_from(args)
+    if not rules.selects_everything and any(r.source.tag or r.source.digest for r in requests):
+        raise MirrorError("tag rules apply to REFs without a tag or digest")
+    immutable = None if args.recheck else DEFAULT_IMMUTABLE
     concurrency = config.concurrency if args.concurrency is None else args.concurrency
     if concurrency < 1:
         raise MirrorError("--concurrency must be at least 1")
@@ -158,7 +230,9 @@ async def _sync(args: argparse.Namespace) -> int:
             if display:
                 display.start()
             try:
-                await asyncio.gather(*(sync(copier, r) for r in batch))
+                await asyncio.gather(
+                    *(sync(copier, r, rules=rules, immutable=immutable) for r in batch)
+                )
             finally:
                 if display:
                     display.stop()
@@ -178,6 +252,51 @@ async def _sync(args: argparse.Namespace) -> int:
     return EXIT_FAILED if report.tags_failed else EXIT_OK
 
 
+async def _tags(args: argparse.Namespace) -> int:
+    """``mirror tags REPOSITORY [rules]``: the decision and its reason for every tag."""
+    from mirror.config import config_path, load_config
+    from mirror.errors import MirrorError
+    from mirror.jobs import Clients
+    from mirror.reference import parse_repository
+    from mirror.selection import select
+
+    config = load_config(config_path(args.config))
+    repository = parse_repository(args.ref)
+    rules = rules_from(args)
+    clients = Clients(config)
+    try:
+        tags = await clients.get(repository.registry).list_tags(repository.repository)
+    except MirrorError as exc:
+        _error(str(exc))
+        return EXIT_FAILED
+    finally:
+        await clients.aclose()
+    selection = select(tags, rules)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "repository": repository.name,
+                    "selected": selection.tags,
+                    "tags": [
+                        {"tag": d.tag, "selected": d.selected, "reason": d.reason}
+                        for d in selection.decisions
+                    ],
+                }
+            )
+        )
+    elif args.selected:
+        for tag in selection.tags:
+            print(tag)
+    else:
+        width = max((len(d.tag) for d in selection.decisions), default=0)
+        for decision in selection.decisions:
+            mark = "+" if decision.selected else "-"
+            print(f"{mark} {decision.tag:<{width}}  {decision.reason}")
+        print(f"{len(selection.tags)} of {len(selection.decisions)} tags selected")
+    return EXIT_OK
+
+
 async def _sync_all(args: argparse.Namespace) -> int:
     """``mirror sync --all``: every configured entry once, logged like the daemon's runs."""
     from mirror.config import config_path, load_config
@@ -188,8 +307,8 @@ async def _sync_all(args: argparse.Namespace) -> int:
 
     path = config_path(args.config)
     config = load_config(path)
-    if args.to or args.concurrency is not None:
-        raise ConfigError("--all takes targets and concurrency from the config's entries")
+    if args.to or args.concurrency is not None or not rules_from(args).selects_everything:
+        raise ConfigError("--all takes targets, concurrency and tag rules from the config")
     shard = Shard.parse(args.shard) if args.shard else None
     entries = [e for e in config.mirrors if shard is None or shard.owns(e.job_id(config.target))]
     if not config.mirrors:
@@ -200,7 +319,7 @@ async def _sync_all(args: argparse.Namespace) -> int:
 
     async def one(entry: Any) -> Any:
         async with bound:
-            return await run_entry(entry, clients, dry_run=args.dry_run)
+            return await run_entry(entry, clients, dry_run=args.dry_run, recheck=args.recheck)
 
     try:
         results = await asyncio.gather(*(one(e) for e in entries))

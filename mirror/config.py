@@ -34,6 +34,7 @@ from mirror.reference import (
     resolve_target,
     validate_registry,
 )
+from mirror.selection import DEFAULT_IMMUTABLE, TagRules
 
 DEFAULT_TARGET = "localhost:5000"
 DEFAULT_INTERVAL_S = 6 * 3600  # when neither the entry nor [defaults] names a schedule
@@ -104,6 +105,48 @@ class RegistrySettings(BaseModel):
         return value
 
 
+def _patterns(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class TagSettings(BaseModel):
+    """``tags = { ... }`` of an entry (or of ``[defaults]``): which tags to mirror.
+
+    See ``mirror.selection.TagRules`` for the meaning of each key.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allow: Annotated[list[str], BeforeValidator(_patterns)] = Field(default_factory=list)
+    deny: Annotated[list[str], BeforeValidator(_patterns)] = Field(default_factory=list)
+    versions: str | None = None
+    prereleases: bool = False
+    newest: int | None = Field(default=None, ge=1)
+    aliases: bool = False
+    immutable: str = Field(default=DEFAULT_IMMUTABLE, description="tags never re-checked")
+
+    @model_validator(mode="after")
+    def _valid_rules(self) -> TagSettings:
+        try:
+            self.rules()
+            re.compile(self.immutable)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        except re.error as exc:
+            raise ValueError(f"immutable: bad regular expression: {exc}") from None
+        return self
+
+    def rules(self) -> TagRules:
+        return TagRules(
+            allow=tuple(self.allow),
+            deny=tuple(self.deny),
+            versions=self.versions,
+            prereleases=self.prereleases,
+            newest=self.newest,
+            aliases=self.aliases,
+        )
+
+
 class EntryDefaults(BaseModel):
     """``[defaults]``: merged into every ``[[mirrors]]`` entry at load time."""
 
@@ -112,6 +155,7 @@ class EntryDefaults(BaseModel):
     interval: Duration | None = None
     cron: Cron | None = None
     concurrency: int | None = Field(default=None, ge=1, le=64)
+    tags: TagSettings | None = None
 
     @model_validator(mode="after")
     def _one_schedule(self) -> EntryDefaults:
@@ -134,6 +178,7 @@ class MirrorEntry(BaseModel):
     interval: Duration | None = None
     cron: Cron | None = None
     concurrency: int = Field(default=4, ge=1, le=64)
+    tags: TagSettings = Field(default_factory=TagSettings)
 
     @field_validator("source")
     @classmethod
@@ -148,6 +193,9 @@ class MirrorEntry(BaseModel):
     def _one_schedule(self) -> MirrorEntry:
         if self.interval is not None and self.cron is not None:
             raise ValueError("give interval or cron, not both")
+        ref = parse_reference(self.source)
+        if (ref.tag or ref.digest) and self.tags.rules() != TagRules():
+            raise ValueError("source names one tag or digest; tag rules apply to repositories")
         if self.interval is None and self.cron is None:
             return self.model_copy(update={"interval": float(DEFAULT_INTERVAL_S)})
         return self
@@ -243,6 +291,10 @@ class Config(BaseSettings):
                 if "interval" in entry or "cron" in entry:
                     base.pop("interval", None)
                     base.pop("cron", None)
+                tags = base.get("tags")
+                if isinstance(tags, dict) and isinstance(entry.get("tags"), dict):
+                    base["tags"] = {**tags, **entry["tags"]}  # key by key, entry wins
+                    entry = {k: v for k, v in entry.items() if k != "tags"}
                 entry = {**base, **entry}
             merged.append(entry)
         return {**data, "mirrors": merged}

@@ -159,11 +159,15 @@ class Copier:
         reference: str,
         target_repo: str,
         target_reference: str | None = None,
+        *,
+        immutable: bool = False,
     ) -> TagResult:
         """Make ``target_repo:target_reference`` match ``source_repo:reference``; never raises.
 
-        ``reference`` is a tag or a digest; ``target_reference`` defaults to it. The result says
-        whether the tag was copied, skipped (already equal), planned (dry run) or failed, and why.
+        ``reference`` is a tag or a digest; ``target_reference`` defaults to it. An
+        ``immutable`` tag (a full version that names one build forever) the target already
+        has is not checked upstream at all. The result says whether the tag was copied,
+        skipped (already equal), planned (dry run) or failed, and why.
         """
         target_reference = target_reference or reference
         result = TagResult(
@@ -172,7 +176,9 @@ class Copier:
             status="failed",
         )
         try:
-            plan = await self._plan(source_repo, reference, target_repo, target_reference)
+            plan = await self._plan(
+                source_repo, reference, target_repo, target_reference, immutable=immutable
+            )
             result.digest = plan.digest
             if plan.top is None:
                 result.status = "skipped"
@@ -207,36 +213,19 @@ class Copier:
     # --- steps 1-3: plan ------------------------------------------------------------------
 
     async def _plan(
-        self, source_repo: str, reference: str, target_repo: str, target_reference: str
+        self,
+        source_repo: str,
+        reference: str,
+        target_repo: str,
+        target_reference: str,
+        *,
+        immutable: bool = False,
     ) -> _Plan:
-        by_digest = reference.startswith("sha256:") or reference.startswith("sha512:")
-        if by_digest:
-            # A digest names immutable content: if the target has it, there is nothing to do.
-            digest = Digest.parse(reference)
-            if target_reference == reference:
-                if await self._target_has_manifest(target_repo, digest):
-                    return _Plan(digest)
-            else:
-                target_head = await self.target.head_manifest(target_repo, target_reference)
-                if target_head is not None and target_head.digest == digest:
-                    return _Plan(digest)
-        else:
-            source_head, target_head = await asyncio.gather(
-                self.source.head_manifest(source_repo, reference),
-                self.target.head_manifest(target_repo, target_reference),
-            )
-            if source_head is None:
-                raise NotFound(
-                    f"registry {self.source.name}: {source_repo}:{reference} does not exist",
-                    method="HEAD",
-                    status=404,
-                )
-            if source_head.digest is None:  # registry sent no Docker-Content-Digest: GET tells
-                digest = (await self._get_source(source_repo, reference)).digest
-            else:
-                digest = source_head.digest
-            if target_head is not None and target_head.digest == digest:
-                return _Plan(digest)
+        digest, in_step = await self._compare(
+            source_repo, reference, target_repo, target_reference, immutable=immutable
+        )
+        if in_step:
+            return _Plan(digest)
 
         if await self._target_has_manifest(target_repo, digest):
             # Already stored under another tag: its children and blobs are there too, since a
@@ -261,6 +250,46 @@ class Copier:
         present = await asyncio.gather(*(self._blob_exists(target_repo, d) for d in blobs))
         missing_blobs = [b for b, have in zip(blobs.values(), present, strict=True) if not have]
         return _Plan(digest, top, children, missing_blobs)
+
+    async def _compare(
+        self,
+        source_repo: str,
+        reference: str,
+        target_repo: str,
+        target_reference: str,
+        *,
+        immutable: bool,
+    ) -> tuple[Digest, bool]:
+        """Step 1: the source's digest for ``reference``, and whether the target already has
+        it under ``target_reference``. HEADs only, unless the source sends no digest."""
+        if ":" in reference:
+            # A digest names immutable content: if the target has it, there is nothing to do.
+            digest = Digest.parse(reference)
+            if target_reference == reference:
+                return digest, await self._target_has_manifest(target_repo, digest)
+            head = await self.target.head_manifest(target_repo, target_reference)
+            return digest, head is not None and head.digest == digest
+        if immutable:
+            target_head = await self.target.head_manifest(target_repo, target_reference)
+            if target_head is not None and target_head.digest is not None:
+                return target_head.digest, True
+            source_head = await self.source.head_manifest(source_repo, reference)
+        else:
+            source_head, target_head = await asyncio.gather(
+                self.source.head_manifest(source_repo, reference),
+                self.target.head_manifest(target_repo, target_reference),
+            )
+        if source_head is None:
+            raise NotFound(
+                f"registry {self.source.name}: {source_repo}:{reference} does not exist",
+                method="HEAD",
+                status=404,
+            )
+        if source_head.digest is None:  # registry sent no Docker-Content-Digest: GET tells
+            digest = (await self._get_source(source_repo, reference)).digest
+        else:
+            digest = source_head.digest
+        return digest, target_head is not None and target_head.digest == digest
 
     async def _manifest(self, source_repo: str, digest: Digest) -> Manifest:
         """A manifest by digest, read at most once per run from the source."""

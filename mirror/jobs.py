@@ -21,8 +21,10 @@ from mirror.copy import Copier, CopyReport, Progress, TagResult
 from mirror.errors import MirrorError
 from mirror.reference import Reference
 from mirror.registry import Registry
+from mirror.selection import DEFAULT_IMMUTABLE, TagRules, is_full_version, select
 
 TAGS_IN_FLIGHT = 8  # tags planned at once; blob transfers have their own, smaller bound
+EVERY_TAG = TagRules()
 
 Outcome = Literal["success", "partial", "failed"]
 log = structlog.get_logger("mirror")
@@ -78,9 +80,19 @@ class SyncRequest:
     target: Reference
 
 
-async def sync(copier: Copier, request: SyncRequest) -> list[TagResult]:
+async def sync(
+    copier: Copier,
+    request: SyncRequest,
+    *,
+    rules: TagRules = EVERY_TAG,
+    immutable: str | None = DEFAULT_IMMUTABLE,
+) -> list[TagResult]:
     """Copy what ``request`` selects through ``copier``; one result per tag, never raises
-    for a single tag's failure (a failure to list tags is one failed result)."""
+    for a single tag's failure (a failure to list tags is one failed result).
+
+    A repository's tags are filtered by ``rules``. Tags matching ``immutable`` (full
+    versions) that the target already has are not checked upstream; None checks every tag.
+    """
     source, target = request.source, request.target
     if source.digest is not None:
         result = await copier.copy(
@@ -91,7 +103,7 @@ async def sync(copier: Copier, request: SyncRequest) -> list[TagResult]:
         tags = [source.tag]
     else:
         try:
-            tags = await copier.source.list_tags(source.repository)
+            tags = select(await copier.source.list_tags(source.repository), rules).tags
         except MirrorError as exc:
             result = TagResult(
                 source=str(source), target=str(target), status="failed", error=str(exc)
@@ -101,8 +113,11 @@ async def sync(copier: Copier, request: SyncRequest) -> list[TagResult]:
     bound = asyncio.Semaphore(TAGS_IN_FLIGHT)
 
     async def one(tag: str) -> TagResult:
+        fixed = immutable is not None and is_full_version(tag, immutable)
         async with bound:
-            return await copier.copy(source.repository, tag, target.repository, tag)
+            return await copier.copy(
+                source.repository, tag, target.repository, tag, immutable=fixed
+            )
 
     return list(await asyncio.gather(*(one(tag) for tag in tags)))
 
@@ -130,6 +145,7 @@ async def run_entry(
     *,
     dry_run: bool = False,
     progress: Progress | None = None,
+    recheck: bool = False,
 ) -> JobResult:
     """Run one configured mirror entry once; log one line per tag moved or failed, and one for
     the run. Never raises for what a registry does: that is the result's outcome."""
@@ -147,7 +163,12 @@ async def run_entry(
             progress=progress,
             report=report,
         )
-        await sync(copier, SyncRequest(source, target))
+        await sync(
+            copier,
+            SyncRequest(source, target),
+            rules=entry.tags.rules(),
+            immutable=None if recheck else entry.tags.immutable,
+        )
     except MirrorError as exc:  # config trouble found late, e.g. a password_env not set
         error = str(exc)
     seconds = time.monotonic() - started

@@ -1,0 +1,210 @@
+"""Which tags to mirror: regular-expression allow/deny, version ranges, newest N, aliases.
+
+Owns the rules and the decision, with a reason for every tag (``mirror tags`` shows them).
+Versions are read with ``packaging`` (``2.1.106``, ``v2.1``; ``1.2.3-rc.1`` is a pre-release);
+ranges use its specifier syntax (``">=2.1, <4"``, ``"==2.*"``). Pure: no I/O, no registry.
+
+The seed's tagging scheme: full versions ``X.Y.Z`` never move; aliases ``X``, ``X.Y`` and
+``latest`` move to the newest version below them. Following ``2.1`` means patch updates;
+following ``2`` means minor updates too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from mirror.errors import ConfigError
+
+# Full versions (X.Y.Z, optional leading v) name one build forever: once on the target they
+# need no upstream check. Moving aliases (latest, 2, 2.1) are checked every run.
+DEFAULT_IMMUTABLE = r"v?\d+\.\d+\.\d+"
+LATEST = "latest"
+
+
+@dataclass(frozen=True, slots=True)
+class TagRules:
+    """The tag rules of a mirror entry (or of ``mirror sync``/``mirror tags`` flags).
+
+    ``allow``/``deny``: regular expressions matched against the whole tag; deny wins.
+    ``versions``: a range such as ``">=2.1, <4"``; tags that are not versions are left out.
+    ``prereleases``: let ``1.2.3-rc.1`` and the like through a range or ``newest``.
+    ``newest``: keep only the N highest full versions.
+    ``aliases``: also keep the moving aliases (``2``, ``2.1``, ``latest``) whose newest
+    version is selected, so a consumer following ``2.1`` finds it in the mirror.
+    """
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    versions: str | None = None
+    prereleases: bool = False
+    newest: int | None = None
+    aliases: bool = False
+
+    def __post_init__(self) -> None:
+        for kind, patterns in (("allow", self.allow), ("deny", self.deny)):
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ConfigError(
+                        f"tags.{kind}: bad regular expression {pattern!r}: {exc}"
+                    ) from None
+        if self.versions is not None:
+            try:
+                SpecifierSet(self.versions)
+            except InvalidSpecifier:
+                raise ConfigError(
+                    f"tags.versions: bad version range {self.versions!r}; write it like "
+                    '">=2.1, <4" or "==2.*"'
+                ) from None
+        if self.newest is not None and self.newest < 1:
+            raise ConfigError(f"tags.newest: must be at least 1, not {self.newest}")
+
+    @property
+    def selects_everything(self) -> bool:
+        return self == TagRules()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One tag's fate and why."""
+
+    tag: str
+    selected: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The outcome of applying rules to a repository's tags, in a stable order."""
+
+    decisions: tuple[Decision, ...] = field(default_factory=tuple)
+
+    @property
+    def tags(self) -> list[str]:
+        return [d.tag for d in self.decisions if d.selected]
+
+    def reason(self, tag: str) -> str:
+        return next(d.reason for d in self.decisions if d.tag == tag)
+
+
+def parse_version(tag: str) -> Version | None:
+    """The version a tag names (``2.1.106``, ``v2.1``), or None (``latest``, ``1.22-alpine``)."""
+    try:
+        version = Version(tag)
+    except InvalidVersion:
+        return None
+    return None if version.local else version  # 1.0+build is a build label, not an order
+
+
+def is_full_version(tag: str, immutable: str = DEFAULT_IMMUTABLE) -> bool:
+    """Whether ``tag`` names one build forever (default: ``X.Y.Z`` with an optional ``v``)."""
+    return re.fullmatch(immutable, tag) is not None
+
+
+def select(tags: Iterable[str], rules: TagRules) -> Selection:
+    """Apply ``rules`` to ``tags``; every tag gets a decision and a reason."""
+    tags = sorted(set(tags), key=_display_order)
+    versions = {t: v for t in tags if (v := parse_version(t)) is not None}
+    full = _full_versions(versions)
+    specifier = SpecifierSet(rules.versions) if rules.versions is not None else None
+    decisions: dict[str, Decision] = {}
+
+    def decide(tag: str, selected: bool, reason: str) -> None:
+        decisions[tag] = Decision(tag, selected, reason)
+
+    candidates: list[str] = []
+    for tag in tags:
+        denied = next((p for p in rules.deny if re.fullmatch(p, tag)), None)
+        if denied is not None:
+            decide(tag, False, f"denied by {denied!r}")
+            continue
+        if rules.allow and not any(re.fullmatch(p, tag) for p in rules.allow):
+            decide(tag, False, "matches no allow pattern")
+            continue
+        version = versions.get(tag)
+        if specifier is not None or rules.newest is not None:
+            if version is None:
+                decide(tag, False, "not a version")
+                continue
+            if version.is_prerelease and not rules.prereleases:
+                decide(tag, False, "pre-release")
+                continue
+            if tag not in full:
+                decide(tag, False, "a moving alias, not a full version")
+                continue
+            if specifier is not None and not specifier.contains(version, prereleases=True):
+                decide(tag, False, f"outside {rules.versions}")
+                continue
+        candidates.append(tag)
+
+    if rules.newest is not None:
+        ranked = sorted(candidates, key=lambda t: versions[t], reverse=True)
+        keep = set(ranked[: rules.newest])
+        for rank, tag in enumerate(ranked, 1):
+            if tag in keep:
+                decide(tag, True, f"newest {rules.newest}: #{rank}")
+            else:
+                decide(tag, False, f"not among the newest {rules.newest} (#{rank})")
+    else:
+        for tag in candidates:
+            decide(tag, True, _why(rules, tag))
+
+    if rules.aliases:
+        chosen = {t for t, d in decisions.items() if d.selected and t in full}
+        for alias, target in _alias_targets(tags, versions, full, rules.prereleases).items():
+            if target in chosen and not decisions[alias].selected:
+                denied_alias = any(re.fullmatch(p, alias) for p in rules.deny)
+                if not denied_alias:
+                    decide(alias, True, f"alias of {target}")
+    return Selection(tuple(decisions[t] for t in tags))
+
+
+def _why(rules: TagRules, tag: str) -> str:
+    if rules.versions is not None:
+        return f"in {rules.versions}"
+    if rules.allow:
+        return "allowed"
+    return "all tags"
+
+
+def _full_versions(versions: dict[str, Version]) -> set[str]:
+    """Versions that are not an alias of another tag: ``2.1`` is an alias when ``2.1.x`` exists."""
+    prefixes = {v.release[:k] for v in versions.values() for k in range(1, len(v.release))}
+    return {t for t, v in versions.items() if v.release not in prefixes}
+
+
+def _alias_targets(
+    tags: Sequence[str], versions: dict[str, Version], full: set[str], prereleases: bool
+) -> dict[str, str]:
+    """Each moving alias and the full version it stands for now: ``2.1`` -> newest ``2.1.x``;
+    ``latest`` -> the newest version of all."""
+    stable = {
+        t: v for t, v in versions.items() if t in full and (prereleases or not v.is_prerelease)
+    }
+    targets: dict[str, str] = {}
+    for tag in tags:
+        if tag in full:
+            continue
+        if tag == LATEST:
+            pool = list(stable)
+        elif tag in versions:
+            prefix = versions[tag].release
+            pool = [t for t, v in stable.items() if v.release[: len(prefix)] == prefix]
+        else:
+            continue
+        if pool:
+            targets[tag] = max(pool, key=lambda t: stable[t])
+    return targets
+
+
+def _display_order(tag: str) -> tuple[int, object, str]:
+    version = parse_version(tag)
+    if version is None:
+        return (1, (), tag)
+    return (0, version, tag)
