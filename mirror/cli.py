@@ -59,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--shard", metavar="I/N", help="with --all: only this shard's entries")
     _add_rule_arguments(sync)
     sync.add_argument(
+        "--platform",
+        action="append",
+        default=[],
+        metavar="OS/ARCH[/VARIANT]",
+        help="copy only these platforms of a multi-platform image (repeatable); the target "
+        "gets an index listing only them, with a new digest",
+    )
+    sync.add_argument(
         "--recheck",
         action="store_true",
         help="check full-version tags upstream too (normally a tag like 2.1.106 that the "
@@ -190,6 +198,7 @@ async def _sync(args: argparse.Namespace) -> int:
     from mirror.copy import Copier, CopyReport
     from mirror.errors import MirrorError
     from mirror.jobs import Clients, sync
+    from mirror.manifest import Platform
     from mirror.selection import DEFAULT_IMMUTABLE
 
     config = load_config(config_path(args.config))
@@ -198,6 +207,7 @@ async def _sync(args: argparse.Namespace) -> int:
     if not rules.selects_everything and any(r.source.tag or r.source.digest for r in requests):
         raise MirrorError("tag rules apply to REFs without a tag or digest")
     immutable = None if args.recheck else DEFAULT_IMMUTABLE
+    platforms = [Platform.parse(p) for p in args.platform]
     concurrency = config.concurrency if args.concurrency is None else args.concurrency
     if concurrency < 1:
         raise MirrorError("--concurrency must be at least 1")
@@ -221,6 +231,7 @@ async def _sync(args: argparse.Namespace) -> int:
                 dry_run=args.dry_run,
                 progress=display,
                 report=report,
+                platforms=platforms,
             )
             batch = [
                 r
@@ -307,8 +318,15 @@ async def _sync_all(args: argparse.Namespace) -> int:
 
     path = config_path(args.config)
     config = load_config(path)
-    if args.to or args.concurrency is not None or not rules_from(args).selects_everything:
-        raise ConfigError("--all takes targets, concurrency and tag rules from the config")
+    if (
+        args.to
+        or args.concurrency is not None
+        or args.platform
+        or not rules_from(args).selects_everything
+    ):
+        raise ConfigError(
+            "--all takes targets, concurrency, tag rules and platforms from the config"
+        )
     shard = Shard.parse(args.shard) if args.shard else None
     entries = [e for e in config.mirrors if shard is None or shard.owns(e.job_id(config.target))]
     if not config.mirrors:
@@ -379,6 +397,8 @@ def _print_report(report: CopyReport, elapsed: float) -> None:
         line = f"{verb[result.status]:<10} {result.source} -> {result.target}"
         if result.digest:
             line += f"  {result.digest[:19]}"
+        if result.source_digest:
+            line += f" (from {result.source_digest[:19]})"
         if result.status in ("copied", "planned") and (
             result.blobs_missing or result.bytes_missing
         ):

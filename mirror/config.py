@@ -26,7 +26,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mirror.auth import Credentials
-from mirror.errors import ConfigError, InvalidReference
+from mirror.errors import ConfigError, InvalidReference, ManifestError
+from mirror.manifest import Platform
 from mirror.reference import (
     Reference,
     normalize_registry,
@@ -109,6 +110,20 @@ def _patterns(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+def _check_platforms(value: Any) -> Any:
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, str):
+                try:
+                    Platform.parse(item)
+                except ManifestError as exc:
+                    raise ValueError(str(exc)) from None
+    return value
+
+
+Platforms = Annotated[list[str], BeforeValidator(_check_platforms)]
+
+
 class TagSettings(BaseModel):
     """``tags = { ... }`` of an entry (or of ``[defaults]``): which tags to mirror.
 
@@ -156,6 +171,7 @@ class EntryDefaults(BaseModel):
     cron: Cron | None = None
     concurrency: int | None = Field(default=None, ge=1, le=64)
     tags: TagSettings | None = None
+    platforms: Platforms | None = None
 
     @model_validator(mode="after")
     def _one_schedule(self) -> EntryDefaults:
@@ -179,6 +195,10 @@ class MirrorEntry(BaseModel):
     cron: Cron | None = None
     concurrency: int = Field(default=4, ge=1, le=64)
     tags: TagSettings = Field(default_factory=TagSettings)
+    platforms: Platforms = Field(default_factory=list)
+
+    def platform_list(self) -> list[Platform]:
+        return [Platform.parse(p) for p in self.platforms]
 
     @field_validator("source")
     @classmethod

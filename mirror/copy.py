@@ -26,17 +26,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from mirror.errors import DigestMismatch, MirrorError, NotFound, is_retryable
-from mirror.manifest import Descriptor, Manifest
+from mirror.manifest import Descriptor, Manifest, Platform, filter_index
 from mirror.reference import Digest
 from mirror.registry import Registry
 
+SOURCE_DIGEST_ANNOTATION = "io.mirror.source.digest"  # on a platform-filtered index
+PLATFORMS_ANNOTATION = "io.mirror.platforms"  # which platforms it keeps, sorted, comma-joined
 DEFAULT_CONCURRENCY = 4  # blob transfers in flight at once, across every tag of a run
 BLOB_ATTEMPTS = 3  # a broken blob stream is started again this many times in all
 
@@ -60,6 +62,7 @@ class TagResult:
     target: str
     status: TagStatus
     digest: str | None = None
+    source_digest: str | None = None  # set when the target got a new (platform-filtered) index
     blobs_missing: int = 0
     bytes_missing: int = 0
     manifests_missing: int = 0
@@ -101,12 +104,17 @@ class CopyReport:
 
 @dataclass(slots=True)
 class _Plan:
-    """Steps 1-3 for one tag: what to push and which blobs the target lacks."""
+    """Steps 1-3 for one tag: what to push and which blobs the target lacks.
+
+    ``digest`` is what the target tag will point at; ``source_digest`` differs from it only
+    when a platform filter made a new index.
+    """
 
     digest: Digest
     top: Manifest | None = None  # None when the target tag already points at ``digest``
     children: list[Manifest] = field(default_factory=list)  # the target lacks these
     missing_blobs: list[Descriptor] = field(default_factory=list)
+    source_digest: Digest | None = None
 
     @property
     def tag_matches(self) -> bool:
@@ -132,8 +140,11 @@ class Copier:
         report: CopyReport | None = None,
         blob_attempts: int = BLOB_ATTEMPTS,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        platforms: Sequence[Platform] = (),
     ) -> None:
         self.source = source
+        self.platforms = tuple(platforms)
+        self._platforms_key = ",".join(sorted(str(p) for p in self.platforms))
         self.target = target
         self.dry_run = dry_run
         self.progress = progress
@@ -180,6 +191,8 @@ class Copier:
                 source_repo, reference, target_repo, target_reference, immutable=immutable
             )
             result.digest = plan.digest
+            if plan.source_digest is not None and plan.source_digest != plan.digest:
+                result.source_digest = plan.source_digest
             if plan.top is None:
                 result.status = "skipped"
             else:
@@ -221,18 +234,27 @@ class Copier:
         *,
         immutable: bool = False,
     ) -> _Plan:
-        digest, in_step = await self._compare(
+        digest, target_digest = await self._compare(
             source_repo, reference, target_repo, target_reference, immutable=immutable
         )
-        if in_step:
+        if target_digest == digest:
             return _Plan(digest)
-
-        if await self._target_has_manifest(target_repo, digest):
+        if self.platforms and target_digest is not None:
+            on_target = await self._manifest_from_target(target_repo, target_digest)
+            if on_target.annotation(SOURCE_DIGEST_ANNOTATION) == digest and (
+                on_target.annotation(PLATFORMS_ANNOTATION) == self._platforms_key
+            ):
+                return _Plan(target_digest, source_digest=digest)  # filtered from this source
+        elif await self._target_has_manifest(target_repo, digest):
             # Already stored under another tag: its children and blobs are there too, since a
             # registry refuses a manifest whose references are missing. Only the tag moves.
             return _Plan(digest, await self._manifest_from_target(target_repo, digest))
 
         top = await self._manifest(source_repo, digest)
+        if top.is_index and self.platforms:
+            top = self._only_platforms(top)
+            if await self._target_has_manifest(target_repo, top.digest):
+                return _Plan(top.digest, top, source_digest=digest)
         children: list[Manifest] = []
         if top.is_index:
             present = await asyncio.gather(
@@ -249,7 +271,31 @@ class Copier:
         blobs = {b.digest: b for image in images for b in image.blobs}
         present = await asyncio.gather(*(self._blob_exists(target_repo, d) for d in blobs))
         missing_blobs = [b for b, have in zip(blobs.values(), present, strict=True) if not have]
-        return _Plan(digest, top, children, missing_blobs)
+        return _Plan(top.digest, top, children, missing_blobs, source_digest=digest)
+
+    def _only_platforms(self, index: Manifest) -> Manifest:
+        """The index cut down to the wanted platforms (and their attestations).
+
+        A registry like distribution refuses an index whose children are missing, so the
+        target gets a new index; its annotations say which source digest it came from.
+        """
+        keep = {
+            c.digest
+            for c in index.children
+            if c.platform is not None and any(c.platform.matches(p) for p in self.platforms)
+        }
+        if not keep:
+            offered = sorted({str(c.platform) for c in index.children if c.platform})
+            raise MirrorError(
+                f"index {index.digest} has none of the platforms "
+                f"{', '.join(map(str, self.platforms))} (it has: {', '.join(offered) or 'none'})"
+            )
+        keep |= {c.digest for c in index.children if c.attests in keep}
+        return filter_index(
+            index,
+            keep,
+            {SOURCE_DIGEST_ANNOTATION: index.digest, PLATFORMS_ANNOTATION: self._platforms_key},
+        )
 
     async def _compare(
         self,
@@ -259,20 +305,21 @@ class Copier:
         target_reference: str,
         *,
         immutable: bool,
-    ) -> tuple[Digest, bool]:
-        """Step 1: the source's digest for ``reference``, and whether the target already has
-        it under ``target_reference``. HEADs only, unless the source sends no digest."""
+    ) -> tuple[Digest, Digest | None]:
+        """Step 1: the source's digest for ``reference``, and the digest the target has under
+        ``target_reference`` (None: nothing). HEADs only, unless the source sends no digest."""
         if ":" in reference:
             # A digest names immutable content: if the target has it, there is nothing to do.
             digest = Digest.parse(reference)
             if target_reference == reference:
-                return digest, await self._target_has_manifest(target_repo, digest)
+                present = await self._target_has_manifest(target_repo, digest)
+                return digest, digest if present else None
             head = await self.target.head_manifest(target_repo, target_reference)
-            return digest, head is not None and head.digest == digest
+            return digest, head.digest if head is not None else None
         if immutable:
             target_head = await self.target.head_manifest(target_repo, target_reference)
             if target_head is not None and target_head.digest is not None:
-                return target_head.digest, True
+                return target_head.digest, target_head.digest
             source_head = await self.source.head_manifest(source_repo, reference)
         else:
             source_head, target_head = await asyncio.gather(
@@ -289,7 +336,7 @@ class Copier:
             digest = (await self._get_source(source_repo, reference)).digest
         else:
             digest = source_head.digest
-        return digest, target_head is not None and target_head.digest == digest
+        return digest, target_head.digest if target_head is not None else None
 
     async def _manifest(self, source_repo: str, digest: Digest) -> Manifest:
         """A manifest by digest, read at most once per run from the source."""

@@ -162,6 +162,7 @@ async def run_entry(
             dry_run=dry_run,
             progress=progress,
             report=report,
+            platforms=entry.platform_list(),
         )
         await sync(
             copier,

@@ -8,6 +8,7 @@ its digest is the sha256 of the exact bytes the registry served, so those bytes 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,13 @@ FOREIGN_LAYER_TYPES = frozenset(
 )
 
 
+# BuildKit lists provenance/SBOM attestations in an index as unknown/unknown entries.
+ATTESTATION_TYPE_KEY = "vnd.docker.reference.type"
+ATTESTATION_TYPE = "attestation-manifest"
+ATTESTATION_SUBJECT_KEY = "vnd.docker.reference.digest"
+_PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?")
+
+
 @dataclass(frozen=True, slots=True)
 class Platform:
     """Where an image of an index runs: ``linux/arm64/v8``."""
@@ -52,6 +60,20 @@ class Platform:
     os: str
     architecture: str
     variant: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        """``linux/amd64`` or ``linux/arm64/v8``; ManifestError naming the text otherwise."""
+        if _PLATFORM.fullmatch(text) is None:
+            raise ManifestError(f"bad platform {text!r}: write it as os/arch or os/arch/variant")
+        os_, architecture, *variant = text.split("/")
+        return cls(os_, architecture, variant[0] if variant else None)
+
+    def matches(self, wanted: Platform) -> bool:
+        """Whether this image is what ``wanted`` asks for (no variant asked: any variant)."""
+        return (self.os, self.architecture) == (wanted.os, wanted.architecture) and (
+            wanted.variant is None or wanted.variant == self.variant
+        )
 
     def __str__(self) -> str:
         text = f"{self.os}/{self.architecture}"
@@ -67,6 +89,18 @@ class Descriptor:
     size: int
     platform: Platform | None = None
     urls: tuple[str, ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+
+    def annotation(self, key: str) -> str | None:
+        return dict(self.annotations).get(key)
+
+    @property
+    def attests(self) -> Digest | None:
+        """For a BuildKit attestation entry (``unknown/unknown``), the image it describes."""
+        if self.annotation(ATTESTATION_TYPE_KEY) != ATTESTATION_TYPE:
+            return None
+        subject = self.annotation(ATTESTATION_SUBJECT_KEY)
+        return Digest(subject) if subject else None
 
     @property
     def is_foreign(self) -> bool:
@@ -98,6 +132,25 @@ class Manifest:
 
     def descriptor(self) -> Descriptor:
         return Descriptor(self.media_type, self.digest, len(self.raw))
+
+    def annotation(self, key: str) -> str | None:
+        """A top-level annotation of the manifest, read from its bytes."""
+        annotations = json.loads(self.raw).get("annotations") if self.raw else None
+        value = annotations.get(key) if isinstance(annotations, dict) else None
+        return value if isinstance(value, str) else None
+
+
+def filter_index(index: Manifest, keep: set[Digest], annotations: dict[str, str]) -> Manifest:
+    """A new index listing only the children in ``keep``, with ``annotations`` added.
+
+    Each kept entry is copied verbatim; only the list shrinks. The result has a new digest:
+    the caller records where it came from in ``annotations``.
+    """
+    document = json.loads(index.raw)
+    document["manifests"] = [m for m in document["manifests"] if m.get("digest") in keep]
+    document["annotations"] = {**(document.get("annotations") or {}), **annotations}
+    raw = json.dumps(document, indent=3).encode()
+    return parse_manifest(raw, index.media_type)
 
 
 def parse_manifest(
@@ -171,12 +224,16 @@ def _descriptor(data: Any) -> Descriptor:
     size = data["size"]
     if not isinstance(size, int) or size < 0:
         raise ValueError(f"bad size {size!r}")
+    annotations = data.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        raise ValueError("annotations is not a JSON object")
     return Descriptor(
         media_type=str(data.get("mediaType", "")),
         digest=Digest.parse(data["digest"]),
         size=size,
         platform=platform,
         urls=tuple(data.get("urls") or ()),
+        annotations=tuple((str(k), str(v)) for k, v in annotations.items()),
     )
 
 
