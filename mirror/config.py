@@ -29,8 +29,12 @@ from mirror.auth import Credentials
 from mirror.errors import ConfigError, InvalidReference, ManifestError
 from mirror.manifest import Platform
 from mirror.reference import (
+    Namespace,
     Reference,
+    is_namespace,
+    names_registry,
     normalize_registry,
+    parse_namespace,
     parse_reference,
     resolve_target,
     validate_registry,
@@ -204,17 +208,40 @@ class MirrorEntry(BaseModel):
     @classmethod
     def _source_is_reference(cls, value: str) -> str:
         try:
-            parse_reference(value)
+            parse_namespace(value) if is_namespace(value) else parse_reference(value)
         except InvalidReference as exc:
             raise ValueError(str(exc)) from None
         return value
+
+    @property
+    def is_namespace(self) -> bool:
+        """``source = "diamol/*"``: every repository of the namespace, each its own copy."""
+        return is_namespace(self.source)
+
+    def namespaces(self, default_target: str) -> tuple[Namespace, Namespace]:
+        """For a namespace entry: the source namespace and the one it maps to.
+
+        Without a ``target`` the config's target registry gets the source's path:
+        ``diamol/*`` -> ``registry.local:5000/diamol/*``.
+        """
+        source = parse_namespace(self.source)
+        if self.target is not None:
+            if not is_namespace(self.target):
+                raise InvalidReference(self.target, "a namespace source needs a target ending /*")
+            return source, parse_namespace(self.target)
+        if not names_registry(default_target):
+            raise InvalidReference(
+                default_target, "a namespace source needs a target registry or a target /*"
+            )
+        validate_registry(default_target, default_target)
+        return source, Namespace(default_target, source.path)
 
     @model_validator(mode="after")
     def _one_schedule(self) -> MirrorEntry:
         if self.interval is not None and self.cron is not None:
             raise ValueError("give interval or cron, not both")
-        ref = parse_reference(self.source)
-        if (ref.tag or ref.digest) and self.tags.rules() != TagRules():
+        ref = parse_reference(self.source) if not self.is_namespace else None
+        if ref and (ref.tag or ref.digest) and self.tags.rules() != TagRules():
             raise ValueError("source names one tag or digest; tag rules apply to repositories")
         if self.interval is None and self.cron is None:
             return self.model_copy(update={"interval": float(DEFAULT_INTERVAL_S)})
@@ -227,6 +254,9 @@ class MirrorEntry(BaseModel):
 
     def job_id(self, default_target: str) -> str:
         """A stable name for the entry's job: ``docker.io/diamol/golang -> localhost:5000/...``."""
+        if self.is_namespace:
+            source_ns, target_ns = self.namespaces(default_target)
+            return f"{source_ns} -> {target_ns}"
         source, target = self.endpoints(default_target)
         return f"{source} -> {target.name}"
 

@@ -24,6 +24,7 @@ from mirror.registry import Registry
 from mirror.selection import DEFAULT_IMMUTABLE, TagRules, is_full_version, select
 
 TAGS_IN_FLIGHT = 8  # tags planned at once; blob transfers have their own, smaller bound
+REPOSITORIES_IN_FLIGHT = 4  # a namespace entry syncs this many repositories at once
 EVERY_TAG = TagRules()
 
 Outcome = Literal["success", "partial", "failed"]
@@ -150,26 +151,48 @@ async def run_entry(
     """Run one configured mirror entry once; log one line per tag moved or failed, and one for
     the run. Never raises for what a registry does: that is the result's outcome."""
     job = entry.job_id(clients.config.target)
-    source, target = entry.endpoints(clients.config.target)
+    if entry.is_namespace:
+        source_ns, target_ns = entry.namespaces(clients.config.target)
+        source_registry, target_registry = source_ns.registry, target_ns.registry
+    else:
+        source, target = entry.endpoints(clients.config.target)
+        source_registry, target_registry = source.registry, target.registry
     report = CopyReport(dry_run=dry_run)
     started = time.monotonic()
     error = None
     try:
         copier = Copier(
-            clients.get(source.registry),
-            clients.get(target.registry),
+            clients.get(source_registry),
+            clients.get(target_registry),
             concurrency=entry.concurrency,
             dry_run=dry_run,
             progress=progress,
             report=report,
             platforms=entry.platform_list(),
         )
-        await sync(
-            copier,
-            SyncRequest(source, target),
-            rules=entry.tags.rules(),
-            immutable=None if recheck else entry.tags.immutable,
-        )
+        if entry.is_namespace:
+            repositories = await copier.source.list_repositories(source_ns.path)
+            requests = [
+                SyncRequest(
+                    Reference(source_ns.registry, repo),
+                    target_ns.repository(source_ns.relative(repo)),
+                )
+                for repo in repositories
+            ]
+        else:
+            requests = [SyncRequest(source, target)]
+        bound = asyncio.Semaphore(REPOSITORIES_IN_FLIGHT)
+
+        async def one(request: SyncRequest) -> None:
+            async with bound:
+                await sync(
+                    copier,
+                    request,
+                    rules=entry.tags.rules(),
+                    immutable=None if recheck else entry.tags.immutable,
+                )
+
+        await asyncio.gather(*(one(r) for r in requests))
     except MirrorError as exc:  # config trouble found late, e.g. a password_env not set
         error = str(exc)
     seconds = time.monotonic() - started
@@ -203,7 +226,7 @@ async def run_entry(
         outcome = "partial"
     else:
         outcome = "success"
-    result = JobResult(job, source.registry, outcome, report, seconds, error=error)
+    result = JobResult(job, source_registry, outcome, report, seconds, error=error)
     log_method = log.info if outcome == "success" else log.warning
     log_method(
         "job run",

@@ -227,7 +227,46 @@ def validate_registry(text: str, registry: str) -> None:
         raise InvalidReference(text, f"bad registry host {registry!r}")
 
 
-def _split_name(text: str, name: str) -> tuple[str, str]:
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    """``diamol/*``: every repository under a path prefix of a registry (empty: all of it)."""
+
+    registry: str
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.registry}/{self.path}/*" if self.path else f"{self.registry}/*"
+
+    def contains(self, repository: str) -> bool:
+        return not self.path or repository.startswith(self.path + "/")
+
+    def relative(self, repository: str) -> str:
+        """``diamol/golang`` in ``diamol/*`` is ``golang``."""
+        return repository[len(self.path) + 1 :] if self.path else repository
+
+    def repository(self, relative: str) -> Reference:
+        """The repository ``relative`` names inside this namespace."""
+        path = f"{self.path}/{relative}" if self.path else relative
+        return Reference(self.registry, path)
+
+
+def is_namespace(text: str) -> bool:
+    return text.endswith("/*")
+
+
+def parse_namespace(text: str) -> Namespace:
+    """Parse ``diamol/*``, ``ghcr.io/org/*`` or ``localhost:5000/*`` (no library/ added)."""
+    if not is_namespace(text):
+        raise InvalidReference(text, "a namespace ends with /*")
+    prefix = text[:-2]
+    if "/" not in prefix and is_registry_host(prefix):
+        validate_registry(text, prefix)
+        return Namespace(normalize_registry(prefix), "")
+    registry, path = _split_name(text, prefix, official=False)
+    return Namespace(registry, path)
+
+
+def _split_name(text: str, name: str, *, official: bool = True) -> tuple[str, str]:
     if not name:
         raise InvalidReference(text, "empty repository name")
     first, slash, rest = name.partition("/")
@@ -248,6 +287,6 @@ def _split_name(text: str, name: str) -> tuple[str, str]:
                 f"path component {component!r} {why}: "
                 "use [a-z0-9] separated by '.', '_', '__' or '-'",
             )
-    if registry == DOCKER_HUB and "/" not in path:
+    if official and registry == DOCKER_HUB and "/" not in path:
         path = f"{OFFICIAL_NAMESPACE}/{path}"
     return registry, path

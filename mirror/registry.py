@@ -34,6 +34,7 @@ from mirror.manifest import ACCEPT, MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from mirror.reference import DOCKER_HUB, Digest, is_loopback_host
 
 DOCKER_HUB_ENDPOINT = "https://registry-1.docker.io"  # users say docker.io; the API lives here
+DOCKER_HUB_API = "https://hub.docker.com"  # lists an account's repositories; no catalog on Hub
 MAX_ERROR_BODY_BYTES = 64 * 1024  # error JSON is small; never read a megabyte error page
 MAX_TAGS_BODY_BYTES = 16 * 1024 * 1024  # a page of tags/list; Hub pages are well under this
 BLOB_CHUNK_BYTES = 1024 * 1024  # read/write granularity when streaming blobs
@@ -359,6 +360,73 @@ class Registry:
                     status=response.status_code,
                 )
             url, params = next_url, None
+
+    async def list_repositories(self, prefix: str = "") -> list[str]:
+        """Repositories under ``prefix`` (``diamol`` -> ``diamol/golang``, ...; "" -> all).
+
+        Registries list them through ``/v2/_catalog`` (paginated like tags). Docker Hub has no
+        catalog: its namespaces are listed through Hub's own API at hub.docker.com, which
+        shows public repositories.
+        """
+        if self.name == DOCKER_HUB and self.endpoint == DOCKER_HUB_ENDPOINT:
+            return await self._list_hub_namespace(prefix)
+        found: list[str] = []
+        url: httpx.URL | str = "/v2/_catalog"
+        params: dict[str, Any] | None = {"n": TAGS_PAGE_SIZE}
+        seen: set[str] = set()
+        while True:
+            body, response = await self._get_capped(
+                url, params, MAX_TAGS_BODY_BYTES, "the repository catalog"
+            )
+            try:
+                page = json.loads(body).get("repositories") or []
+                if not isinstance(page, list) or not all(isinstance(r, str) for r in page):
+                    raise ValueError("'repositories' is not a list of strings")
+            except (ValueError, AttributeError) as exc:
+                raise RegistryError(
+                    f"registry {self.name}: the repository catalog is not valid JSON: {exc}",
+                    method="GET",
+                    url=safe_url(response.url),
+                    status=response.status_code,
+                ) from None
+            found += [r for r in page if not prefix or r.startswith(prefix + "/")]
+            seen.add(str(response.request.url))
+            next_url = self._next_link(response)
+            if next_url is None or str(next_url) in seen:
+                return found
+            url, params = next_url, None
+
+    async def _list_hub_namespace(self, namespace: str) -> list[str]:
+        if not namespace or "/" in namespace:
+            raise RegistryError(
+                f"registry {self.name}: Docker Hub lists one account's repositories "
+                f"(like diamol/*), not {namespace or 'the whole registry'}"
+            )
+        url: str | None = f"{DOCKER_HUB_API}/v2/namespaces/{namespace}/repositories"
+        params: dict[str, Any] | None = {"page_size": 100}
+        found: list[str] = []
+        while url is not None:
+            body, response = await self._get_capped(
+                url, params, MAX_TAGS_BODY_BYTES, f"Docker Hub's list of {namespace}/*"
+            )
+            try:
+                document = json.loads(body)
+                found += [f"{namespace}/{r['name']}" for r in document.get("results") or []]
+                url = document.get("next")
+            except (ValueError, AttributeError, KeyError, TypeError) as exc:
+                raise RegistryError(
+                    f"registry {self.name}: Docker Hub's list of {namespace}/* is not valid: {exc}",
+                    method="GET",
+                    url=safe_url(response.url),
+                    status=response.status_code,
+                ) from None
+            if url is not None and not url.startswith(DOCKER_HUB_API + "/"):
+                raise RegistryError(
+                    f"registry {self.name}: Docker Hub's next page points elsewhere "
+                    f"({safe_url(url)}); refusing to follow it"
+                )
+            params = None
+        return found
 
     # --- the one place responses become exceptions -----------------------------------------
 

@@ -258,17 +258,24 @@ class TokenServer:
         """The ``access`` claim for ``scopes`` requested by ``user`` (None = anonymous)."""
         allowed = USER_ACTIONS if user is not None else ANONYMOUS_ACTIONS
         by_name: dict[str, list[str]] = {}
+        catalog = False
         for scope in scopes:
             parsed = parse_scope(scope)
+            if parsed is not None and parsed[:2] == ("registry", "catalog"):
+                catalog = user is not None  # listing repositories takes a login, as on Harbor
+                continue
             if parsed is None or parsed[0] != "repository":
                 continue
             _type, name, actions = parsed
             granted = by_name.setdefault(name, [])
             granted.extend(a for a in actions if a in allowed and a not in granted)
-        return [
+        access = [
             {"type": "repository", "name": name, "actions": actions}
             for name, actions in by_name.items()
         ]
+        if catalog:
+            access.append({"type": "registry", "name": "catalog", "actions": ["*"]})
+        return access
 
     def issue_token(self, scopes: Sequence[str], user: str | None = "tester") -> str:
         """Mint a token directly (no HTTP, not recorded), e.g. for pushing fixtures.
