@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -159,20 +161,38 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "sync" and args.all:
-            return asyncio.run(_sync_all(args))
+            return _until_signal(_sync_all(args))
         if args.command == "sync":
-            return asyncio.run(_sync(args))
+            return _until_signal(_sync(args))
         if args.command == "run":
             return _run(args)
         if args.command == "tags":
-            return asyncio.run(_tags(args))
+            return _until_signal(_tags(args))
     except MirrorError as exc:
         _error(str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:
         _error("interrupted; tags already written are complete, nothing else was tagged")
         return 130
+    except asyncio.CancelledError:
+        _error("stopped by SIGTERM; tags already written are complete, nothing else was tagged")
+        return 143
     return EXIT_USAGE
+
+
+def _until_signal(command: Coroutine[Any, Any, int]) -> int:
+    """Run a one-shot command; SIGTERM (a CronJob's deadline, systemd) cancels it cleanly.
+
+    Cancelling is safe at any point: a copy writes its tag last.
+    """
+
+    async def runner() -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await command
+
+    return asyncio.run(runner())
 
 
 def resolve_requests(refs: list[str], target_text: str) -> list[SyncRequest]:

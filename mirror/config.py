@@ -334,6 +334,9 @@ class Config(BaseSettings):
         entries = data.get("mirrors")
         if not isinstance(defaults, dict) or not isinstance(entries, list):
             return data
+        if "concurrency" in data and "concurrency" not in defaults:
+            # The top-level concurrency is the default of the entries' too.
+            defaults = {**defaults, "concurrency": data["concurrency"]}
         merged = []
         for entry in entries:
             if isinstance(entry, dict):

@@ -238,8 +238,8 @@ class Daemon:
     def _record(self, result: JobResult) -> None:
         if result.job not in self._entries:
             return  # removed by a reload while it ran
-        source = self.clients.get(result.source_registry)
-        self.metrics.record(result, source.rate_limit)
+        source = self.clients.peek(result.source_registry)
+        self.metrics.record(result, source.rate_limit if source is not None else None)
         self._outcomes[result.job] = result.outcome
         if result.outcome != "failed":
             self._ever_ok.add(result.job)
@@ -282,8 +282,11 @@ class _StructlogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         level = record.levelname.lower()
+        extra = {}
+        if record.exc_info and record.exc_info[1] is not None:
+            extra["error"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
         getattr(log, level if level in ("warning", "error", "critical") else "info")(
-            record.getMessage(), logger=record.name
+            record.getMessage(), logger=record.name, **extra
         )
 
 

@@ -37,7 +37,11 @@ log = structlog.get_logger("mirror")
 
 
 class Metrics:
-    """The daemon's metrics, in Prometheus exposition format through ``render``."""
+    """The daemon's metrics, in Prometheus exposition format through ``render``.
+
+    Series are labelled ``entry`` (``source -> target``), not ``job``: Prometheus sets its
+    own ``job`` label on every scraped series and would rename ours.
+    """
 
     def __init__(self) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: noise here
@@ -46,40 +50,40 @@ class Metrics:
         self.job_runs = Counter(
             "mirror_job_runs",
             "Job runs by outcome (success, partial, failed)",
-            ["job", "outcome"],
+            ["entry", "outcome"],
             registry=r,
         )
         self.tags = Counter(
             "mirror_tags",
             "Tags checked, by result (copied, skipped, failed)",
-            ["job", "result"],
+            ["entry", "result"],
             registry=r,
         )
         self.blobs = Counter(
             "mirror_blobs",
             "Blobs by what happened (copied, mounted, present)",
-            ["job", "result"],
+            ["entry", "result"],
             registry=r,
         )
         self.bytes_copied = Counter(
-            "mirror_bytes_copied", "Blob bytes copied from the source", ["job"], registry=r
+            "mirror_bytes_copied", "Blob bytes copied from the source", ["entry"], registry=r
         )
         self.manifest_gets = Counter(
             "mirror_upstream_manifest_gets",
             "Manifest GETs sent to the source registry (what Docker Hub counts as pulls)",
-            ["job"],
+            ["entry"],
             registry=r,
         )
         self.last_success = Gauge(
             "mirror_last_success_timestamp_seconds",
             "When the job last ran without a failed tag (Unix time)",
-            ["job"],
+            ["entry"],
             registry=r,
         )
         self.duration = Histogram(
             "mirror_job_duration_seconds",
             "How long job runs take",
-            ["job"],
+            ["entry"],
             buckets=DURATION_BUCKETS_S,
             registry=r,
         )

@@ -64,6 +64,10 @@ class Clients:
             self._clients[name] = client
         return client
 
+    def peek(self, name: str) -> Registry | None:
+        """The client for ``name`` if one was made; never builds one (nor raises)."""
+        return self._clients.get(name)
+
     async def aclose(self) -> None:
         await asyncio.gather(*(c.aclose() for c in self._clients.values()))
         self._clients.clear()

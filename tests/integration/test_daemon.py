@@ -160,15 +160,15 @@ def test_daemon_keeps_the_target_in_step_and_reports_it(
         "metrics of two or more runs",
         lambda: (
             (t := daemon.get("/metrics").text)
-            and metric(t, "mirror_job_runs_total", job=job, outcome="success") >= 2
-            and metric(t, "mirror_tags_total", job=job, result="copied") >= 3
+            and metric(t, "mirror_job_runs_total", entry=job, outcome="success") >= 2
+            and metric(t, "mirror_tags_total", entry=job, result="copied") >= 3
             and t
         ),
     )
-    assert metric(text, "mirror_tags_total", job=job, result="copied") == 3
-    assert metric(text, "mirror_tags_total", job=job, result="failed") == 0
-    assert metric(text, "mirror_bytes_copied_total", job=job) > 0
-    assert metric(text, "mirror_last_success_timestamp_seconds", job=job) > time.time() - 60
+    assert metric(text, "mirror_tags_total", entry=job, result="copied") == 3
+    assert metric(text, "mirror_tags_total", entry=job, result="failed") == 0
+    assert metric(text, "mirror_bytes_copied_total", entry=job) > 0
+    assert metric(text, "mirror_last_success_timestamp_seconds", entry=job) > time.time() - 60
     assert metric(text, "mirror_jobs") == 1
     # Each job run is one canonical line with its counts; no run overlaps another.
     runs = daemon.events("job run", job=job)
@@ -287,3 +287,33 @@ def test_sync_all_runs_every_entry_once_and_exits(
     assert len(jobs) == 2
     verify_same((hub.url, hub.token_getter()), (local.url, None), first, ["v1"])
     verify_same((hub.url, hub.token_getter()), (local.url, None), second, ["v1"])
+
+
+def test_a_job_that_cannot_read_its_credentials_fails_visibly_and_the_daemon_goes_on(
+    tmp_path: Path,
+    hub: HubRegistry,
+    local: RegistryProcess,
+    unique_repo: str,
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    port = free_port()
+    config = tmp_path / "mirror.toml"
+    text = config_text(hub, local, port, [unique_repo]).replace("HUB_PW", "NOT_SET_ANYWHERE")
+    config.write_text(text)
+    daemon = start_daemon(config, port)
+    job = f"{hub.host}/{unique_repo} -> {local.host}/{unique_repo}"
+
+    runs = daemon.wait_for("a failed run", lambda: daemon.events("job run", outcome="failed"))
+    assert "NOT_SET_ANYWHERE" in runs[0]["error"] and "password_env" in runs[0]["error"]
+    text = daemon.wait_for(
+        "the failure in /metrics",
+        lambda: (
+            (t := daemon.get("/metrics").text)
+            and metric(t, "mirror_job_runs_total", entry=job, outcome="failed") >= 1
+            and t
+        ),
+    )
+    assert daemon.get("/healthz").status_code == 200
+    assert daemon.get("/readyz").status_code == 503
+    assert not daemon.events("job crashed")
+    assert daemon.stop() == 0
