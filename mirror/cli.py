@@ -1,7 +1,8 @@
 """The ``mirror`` command: argument parsing, exit codes, progress display and output.
 
 The only module that calls ``asyncio.run``. Exit codes: 0 every selected tag is in sync,
-1 something failed (one line per failure on stderr), 2 usage or config errors. Heavy imports
+1 something failed (one line per failure on stderr), 2 usage or config errors, 3 some tags
+were deferred to spare the source's pull limit (nothing failed). Heavy imports
 wait until a command runs, so ``mirror --help`` and no-op syncs start fast.
 """
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from mirror.reference import Digest
     from mirror.selection import TagRules
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DEFERRED = 0, 1, 2, 3
 JOBS_IN_FLIGHT = 4  # `sync --all`: entries run at once; each bounds its own transfers
 
 
@@ -278,9 +279,11 @@ async def _sync(args: argparse.Namespace) -> int:
     else:
         _print_report(report, elapsed)
     for result in report.tags:
-        if result.status == "failed":
+        if result.status in ("failed", "deferred"):
             _error(f"{result.source}: {result.error}")
-    return EXIT_FAILED if report.tags_failed else EXIT_OK
+    if report.tags_failed:
+        return EXIT_FAILED
+    return EXIT_DEFERRED if report.tags_deferred else EXIT_OK
 
 
 async def _tags(args: argparse.Namespace) -> int:
@@ -380,7 +383,9 @@ async def _sync_all(args: argparse.Namespace) -> int:
                 }
             )
         )
-    return EXIT_OK if all(r.outcome == "success" for r in results) else EXIT_FAILED
+    if any(r.outcome != "success" for r in results):
+        return EXIT_FAILED
+    return EXIT_DEFERRED if any(r.report.tags_deferred for r in results) else EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -412,7 +417,13 @@ async def _preflight(clients: Any, requests: list[SyncRequest]) -> str | None:
 
 
 def _print_report(report: CopyReport, elapsed: float) -> None:
-    verb = {"copied": "copied", "skipped": "in sync", "failed": "FAILED", "planned": "would copy"}
+    verb = {
+        "copied": "copied",
+        "skipped": "in sync",
+        "failed": "FAILED",
+        "planned": "would copy",
+        "deferred": "deferred",
+    }
     for result in report.tags:
         line = f"{verb[result.status]:<10} {result.source} -> {result.target}"
         if result.digest:
@@ -427,8 +438,9 @@ def _print_report(report: CopyReport, elapsed: float) -> None:
     would = "would be " if report.dry_run else ""
     print(
         f"{report.tags_checked} tags: {report.tags_copied} {would}copied, "
-        f"{report.tags_skipped} in sync, {report.tags_failed} failed; "
-        f"blobs: {report.blobs_copied} {would}copied ({_size(report.bytes_copied)}), "
+        f"{report.tags_skipped} in sync, {report.tags_failed} failed"
+        + (f", {report.tags_deferred} deferred; " if report.tags_deferred else "; ")
+        + f"blobs: {report.blobs_copied} {would}copied ({_size(report.bytes_copied)}), "
         f"{report.blobs_mounted} mounted, {report.blobs_present} already present; "
         f"{report.manifests_pushed} manifests {would}pushed; "
         f"{report.upstream_manifest_gets} upstream manifest GETs; {elapsed:.1f} s"

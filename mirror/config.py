@@ -101,6 +101,9 @@ class RegistrySettings(BaseModel):
         default=False, description="plain HTTP or unverified TLS, as daemon.json"
     )
     ca_file: str | None = Field(default=None, description="CA bundle to verify the registry's TLS")
+    pull_reserve: int = Field(
+        default=0, ge=0, description="pulls of the rate-limit window mirror never spends"
+    )
 
     @field_validator("endpoint")
     @classmethod

@@ -32,7 +32,14 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from mirror.errors import DigestMismatch, MirrorError, NotFound, is_retryable
+from mirror.errors import (
+    DigestMismatch,
+    MirrorError,
+    NotFound,
+    QuotaExhausted,
+    RateLimited,
+    is_retryable,
+)
 from mirror.manifest import Descriptor, Manifest, Platform, filter_index
 from mirror.reference import Digest
 from mirror.registry import Registry
@@ -43,7 +50,36 @@ DEFAULT_CONCURRENCY = 4  # blob transfers in flight at once, across every tag of
 BLOB_ATTEMPTS = 3  # a broken blob stream is started again this many times in all
 
 _T = TypeVar("_T")
-TagStatus = Literal["copied", "skipped", "failed", "planned"]
+TagStatus = Literal["copied", "skipped", "failed", "planned", "deferred"]
+
+
+class PriorityGate:
+    """Makes tags that compete for a tight pull budget take it in priority order.
+
+    Each tag of a repository gets a turn (0 = highest priority). A tag waits for its turn only
+    when it is about to pull *and* the source announces a limit; it gives its turn up once it
+    has taken what it pulls (or learnt it pulls nothing). HEADs never wait.
+    """
+
+    def __init__(self) -> None:
+        self._done: set[int] = set()
+        self._lowest_open = 0
+        self._changed = asyncio.Condition()
+
+    async def wait(self, turn: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._lowest_open >= turn)
+
+    async def release(self, turn: int) -> None:
+        async with self._changed:
+            self._done.add(turn)
+            while self._lowest_open in self._done:
+                self._done.discard(self._lowest_open)
+                self._lowest_open += 1
+            self._changed.notify_all()
+
+
+Priority = tuple[PriorityGate, int]
 
 
 class Progress(Protocol):
@@ -66,7 +102,7 @@ class TagResult:
     blobs_missing: int = 0
     bytes_missing: int = 0
     manifests_missing: int = 0
-    error: str | None = None
+    error: str | None = None  # why it failed, or why it was deferred
 
 
 @dataclass(slots=True)
@@ -78,6 +114,7 @@ class CopyReport:
     tags_copied: int = 0
     tags_skipped: int = 0
     tags_failed: int = 0
+    tags_deferred: int = 0
     manifests_pushed: int = 0
     blobs_copied: int = 0
     blobs_mounted: int = 0
@@ -91,6 +128,8 @@ class CopyReport:
         self.tags_checked += 1
         if result.status == "failed":
             self.tags_failed += 1
+        elif result.status == "deferred":
+            self.tags_deferred += 1
         elif result.status == "skipped":
             self.tags_skipped += 1
         else:
@@ -172,13 +211,15 @@ class Copier:
         target_reference: str | None = None,
         *,
         immutable: bool = False,
+        priority: Priority | None = None,
     ) -> TagResult:
         """Make ``target_repo:target_reference`` match ``source_repo:reference``; never raises.
 
         ``reference`` is a tag or a digest; ``target_reference`` defaults to it. An
         ``immutable`` tag (a full version that names one build forever) the target already
         has is not checked upstream at all. The result says whether the tag was copied,
-        skipped (already equal), planned (dry run) or failed, and why.
+        skipped (already equal), planned (dry run), deferred (the pull budget is spent) or
+        failed, and why. ``priority`` orders tags competing for a tight pull budget.
         """
         target_reference = target_reference or reference
         result = TagResult(
@@ -188,7 +229,12 @@ class Copier:
         )
         try:
             plan = await self._plan(
-                source_repo, reference, target_repo, target_reference, immutable=immutable
+                source_repo,
+                reference,
+                target_repo,
+                target_reference,
+                immutable=immutable,
+                priority=priority,
             )
             result.digest = plan.digest
             if plan.source_digest is not None and plan.source_digest != plan.digest:
@@ -205,8 +251,14 @@ class Copier:
                 else:
                     await self._execute(plan, source_repo, target_repo, target_reference)
                     result.status = "copied"
+        except QuotaExhausted as exc:
+            result.status = "deferred"
+            result.error = str(exc)
         except MirrorError as exc:
             result.error = str(exc)
+        finally:
+            if priority is not None:
+                await priority[0].release(priority[1])
         self.report.add(result)
         return result
 
@@ -233,12 +285,15 @@ class Copier:
         target_reference: str,
         *,
         immutable: bool = False,
+        priority: Priority | None = None,
     ) -> _Plan:
         digest, target_digest = await self._compare(
             source_repo, reference, target_repo, target_reference, immutable=immutable
         )
         if target_digest == digest:
             return _Plan(digest)
+        if priority is not None and self.source.budget.available is not None:
+            await priority[0].wait(priority[1])  # pulls ahead: take the budget in turn
         if self.platforms and target_digest is not None:
             on_target = await self._manifest_from_target(target_repo, target_digest)
             if on_target.annotation(SOURCE_DIGEST_ANNOTATION) == digest and (
@@ -261,9 +316,19 @@ class Copier:
                 *(self._target_has_manifest(target_repo, c.digest) for c in top.children)
             )
             missing = [c for c, have in zip(top.children, present, strict=True) if not have]
-            children = list(
-                await asyncio.gather(*(self._manifest(source_repo, c.digest) for c in missing))
-            )
+            # The children are pulled together or not at all: half an index is no use.
+            pulls = sum(1 for c in missing if c.digest not in self._fetched)
+            self._take_pulls(pulls, f"{len(missing)} child manifests of {digest}")
+            try:
+                children = list(
+                    await asyncio.gather(
+                        *(self._manifest(source_repo, c.digest, granted=True) for c in missing)
+                    )
+                )
+            finally:
+                self.source.budget.settle(pulls)
+        if priority is not None:
+            await priority[0].release(priority[1])  # everything this tag pulls is taken
             for child in children:
                 if child.is_index:
                     raise MirrorError(f"index {top.digest} lists another index {child.digest}")
@@ -338,18 +403,44 @@ class Copier:
             digest = source_head.digest
         return digest, target_head.digest if target_head is not None else None
 
-    async def _manifest(self, source_repo: str, digest: Digest) -> Manifest:
+    async def _manifest(
+        self, source_repo: str, digest: Digest, *, granted: bool = False
+    ) -> Manifest:
         """A manifest by digest, read at most once per run from the source."""
         if digest in self._fetched:
             return self._fetched[digest]
         key = (source_repo, digest)
-        return await self._once(self._manifests, key, self._get_source, source_repo, digest)
+        return await self._once(
+            self._manifests, key, self._get_source, source_repo, digest, granted
+        )
 
-    async def _get_source(self, repo: str, reference: str) -> Manifest:
-        self.report.upstream_manifest_gets += 1
-        manifest = await self.source.get_manifest(repo, reference)
+    async def _get_source(self, repo: str, reference: str, granted: bool = False) -> Manifest:
+        """GET a manifest upstream: a pull, on Docker Hub, so it asks the pull budget first
+        (unless the caller already has), and a pull-limit 429 defers rather than fails."""
+        if not granted:
+            self._take_pulls(1, f"{repo}:{reference}")
+        try:
+            self.report.upstream_manifest_gets += 1
+            manifest = await self.source.get_manifest(repo, reference)
+        except RateLimited as exc:
+            if exc.pull_limit:
+                raise QuotaExhausted(
+                    f"registry {self.source.name}: pull limit reached; deferred until the "
+                    f"window frees ({self.source.budget.describe()})"
+                ) from None
+            raise
+        finally:
+            if not granted:
+                self.source.budget.settle(1)
         self._fetched[manifest.digest] = manifest
         return manifest
+
+    def _take_pulls(self, pulls: int, what: str) -> None:
+        if pulls and not self.source.budget.take(pulls):
+            raise QuotaExhausted(
+                f"registry {self.source.name}: pulling {what} ({pulls}) would go past the "
+                f"pull budget ({self.source.budget.describe()}); deferred"
+            )
 
     async def _manifest_from_target(self, repo: str, digest: Digest) -> Manifest:
         if digest in self._fetched:

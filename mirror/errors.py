@@ -8,6 +8,7 @@ happens in one place only, ``mirror.registry``; nothing here knows about HTTP cl
     ├── ConfigError             a config file or environment value that cannot be used
     ├── AuthError               credentials could not be found or a token could not be obtained
     ├── DigestMismatch          content whose sha256 is not the digest it was asked for
+    ├── QuotaExhausted          a pull now would eat into the reserve or hit the pull limit
     ├── ManifestError           a manifest that cannot be used (not JSON, too large, unknown type)
     └── RegistryError           a registry answered with an error status or could not be reached
         ├── Unauthorized        401 / 403: missing or wrong credentials, or access denied
@@ -54,6 +55,10 @@ class DigestMismatch(MirrorError):
         self.expected = expected
         self.actual = actual
         super().__init__(f"digest mismatch for {what}: expected {expected}, got {actual}")
+
+
+class QuotaExhausted(MirrorError):
+    """Pulling now would spend the source's reserve or meet its pull limit: defer, not fail."""
 
 
 class RegistryError(MirrorError):

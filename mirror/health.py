@@ -26,7 +26,7 @@ from prometheus_client import (
 
 if TYPE_CHECKING:
     from mirror.jobs import JobResult
-    from mirror.registry import RateLimit
+    from mirror.quota import RateLimit
 
 MAX_REQUEST_HEAD_BYTES = 8 * 1024  # a probe's request line and headers; anything larger is not
 REQUEST_TIMEOUT_S = 5.0
@@ -55,7 +55,7 @@ class Metrics:
         )
         self.tags = Counter(
             "mirror_tags",
-            "Tags checked, by result (copied, skipped, failed)",
+            "Tags checked, by result (copied, skipped, failed, deferred)",
             ["entry", "result"],
             registry=r,
         )
@@ -108,6 +108,7 @@ class Metrics:
         self.tags.labels(job, "copied").inc(report.tags_copied)
         self.tags.labels(job, "skipped").inc(report.tags_skipped)
         self.tags.labels(job, "failed").inc(report.tags_failed)
+        self.tags.labels(job, "deferred").inc(report.tags_deferred)
         self.blobs.labels(job, "copied").inc(report.blobs_copied)
         self.blobs.labels(job, "mounted").inc(report.blobs_mounted)
         self.blobs.labels(job, "present").inc(report.blobs_present)

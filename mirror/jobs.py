@@ -17,11 +17,17 @@ import structlog
 
 from mirror.auth import Credentials, docker_credentials
 from mirror.config import Config, MirrorEntry
-from mirror.copy import Copier, CopyReport, Progress, TagResult
+from mirror.copy import Copier, CopyReport, PriorityGate, Progress, TagResult
 from mirror.errors import MirrorError
 from mirror.reference import Reference
 from mirror.registry import Registry
-from mirror.selection import DEFAULT_IMMUTABLE, TagRules, is_full_version, select
+from mirror.selection import (
+    DEFAULT_IMMUTABLE,
+    TagRules,
+    is_full_version,
+    newest_first,
+    select,
+)
 
 TAGS_IN_FLIGHT = 8  # tags planned at once; blob transfers have their own, smaller bound
 REPOSITORIES_IN_FLIGHT = 4  # a namespace entry syncs this many repositories at once
@@ -55,6 +61,7 @@ class Clients:
 
             client = Registry(
                 name,
+                pull_reserve=settings.pull_reserve,
                 endpoint=settings.endpoint,
                 credentials=credentials,
                 insecure=settings.insecure,
@@ -108,7 +115,9 @@ async def sync(
         tags = [source.tag]
     else:
         try:
-            tags = select(await copier.source.list_tags(source.repository), rules).tags
+            tags = newest_first(
+                select(await copier.source.list_tags(source.repository), rules).tags
+            )
         except MirrorError as exc:
             result = TagResult(
                 source=str(source), target=str(target), status="failed", error=str(exc)
@@ -116,15 +125,21 @@ async def sync(
             copier.report.add(result)
             return [result]
     bound = asyncio.Semaphore(TAGS_IN_FLIGHT)
+    gate = PriorityGate()  # a tight pull budget goes to the newest versions first
 
-    async def one(tag: str) -> TagResult:
+    async def one(turn: int, tag: str) -> TagResult:
         fixed = immutable is not None and is_full_version(tag, immutable)
         async with bound:
             return await copier.copy(
-                source.repository, tag, target.repository, tag, immutable=fixed
+                source.repository,
+                tag,
+                target.repository,
+                tag,
+                immutable=fixed,
+                priority=(gate, turn),
             )
 
-    return list(await asyncio.gather(*(one(tag) for tag in tags)))
+    return list(await asyncio.gather(*(one(turn, tag) for turn, tag in enumerate(tags))))
 
 
 @dataclass(slots=True)
@@ -240,6 +255,7 @@ async def run_entry(
         tags_copied=report.tags_copied,
         tags_skipped=report.tags_skipped,
         tags_failed=report.tags_failed,
+        tags_deferred=report.tags_deferred,
         blobs_copied=report.blobs_copied,
         blobs_mounted=report.blobs_mounted,
         bytes=report.bytes_copied,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from mirror.errors import (
     is_retryable,
 )
 from mirror.manifest import ACCEPT, MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from mirror.quota import PullBudget, RateLimit
 from mirror.reference import DOCKER_HUB, Digest, is_loopback_host
 
 DOCKER_HUB_ENDPOINT = "https://registry-1.docker.io"  # users say docker.io; the API lives here
@@ -42,6 +44,7 @@ TAGS_PAGE_SIZE = 1000  # ask for large pages; registries may return fewer and a 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=None)
 DEFAULT_RETRY_ATTEMPTS = 4
 MAX_RETRY_WAIT_S = 60.0  # never sleep longer than this on one Retry-After
+ABUSE_BACKOFF_S = 2.0  # an abuse-limit 429 without Retry-After pauses the registry this long
 _T = TypeVar("_T")
 _SAFE_QUERY_KEYS = frozenset({"digest", "mount", "from", "n", "last", "service", "scope"})
 
@@ -56,44 +59,11 @@ class ManifestHead:
 
 
 @dataclass(frozen=True, slots=True)
-class RateLimit:
-    """Docker Hub's quota headers: ``ratelimit-limit: 100;w=21600`` and the remaining count."""
-
-    limit: int
-    remaining: int
-    window_s: int | None
-
-    @classmethod
-    def from_headers(cls, headers: httpx.Headers) -> RateLimit | None:
-        """Read the quota from a response; None when the headers are absent (no limit)."""
-        limit, window = _quota_value(headers.get("ratelimit-limit"))
-        remaining, _ = _quota_value(headers.get("ratelimit-remaining"))
-        if limit is None or remaining is None:
-            return None
-        return cls(limit, remaining, window)
-
-
-@dataclass(frozen=True, slots=True)
 class MountResult:
     """The outcome of a mount attempt: mounted (201), or an upload session to use instead (202)."""
 
     mounted: bool
     upload_url: str | None = None
-
-
-def _quota_value(text: str | None) -> tuple[int | None, int | None]:
-    if not text:
-        return None, None
-    value, _, rest = text.partition(";")
-    window = None
-    for part in rest.split(";"):
-        key, _, val = part.strip().partition("=")
-        if key == "w" and val.isdigit():
-            window = int(val)
-    try:
-        return int(value.strip()), window
-    except ValueError:
-        return None, None
 
 
 def default_endpoint(registry: str, *, insecure: bool = False) -> str:
@@ -154,6 +124,7 @@ class Registry:
         transport: httpx.AsyncBaseTransport | None = None,
         retry_attempts: int = DEFAULT_RETRY_ATTEMPTS,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        pull_reserve: int = 0,
     ) -> None:
         self.name = registry
         self.endpoint = (endpoint or default_endpoint(registry, insecure=insecure)).rstrip("/")
@@ -176,7 +147,13 @@ class Registry:
         )
         self._retry_attempts = max(1, retry_attempts)
         self._sleep = sleep
-        self.rate_limit: RateLimit | None = None
+        self.budget = PullBudget(pull_reserve)
+        self._paused_until = 0.0  # after an abuse-limit 429: every request waits until then
+
+    @property
+    def rate_limit(self) -> RateLimit | None:
+        """The registry's pull quota as its last answer stated it (None: no limit stated)."""
+        return self.budget.rate_limit
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -434,7 +411,7 @@ class Registry:
         """Raise the RegistryError for an error status; return quietly for 2xx and 3xx."""
         rate_limit = RateLimit.from_headers(response.headers)
         if rate_limit is not None:
-            self.rate_limit = rate_limit
+            self.budget.observe(rate_limit)
         if response.status_code < 400:
             return
         body = b""
@@ -474,6 +451,13 @@ class Registry:
             spent = quota is not None and quota.remaining <= 0
             if spent and "TOOMANYREQUESTS" not in codes:
                 reason = "pull rate limit reached"
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+            if spent or "TOOMANYREQUESTS" in codes:
+                self.budget.block(retry_after)  # no more GETs here, for every job
+            else:
+                # The abuse limit: every request to this registry waits, not just this one.
+                pause = min(retry_after or ABUSE_BACKOFF_S, MAX_RETRY_WAIT_S)
+                self._paused_until = max(self._paused_until, time.monotonic() + pause)
             return RateLimited(
                 f"registry {self.name}: {what}: {reason} (HTTP {status}{code_text}, {method} "
                 f"{url}){detail}",
@@ -552,11 +536,17 @@ class Registry:
     async def _stream(
         self, method: str, url: httpx.URL | str, **kwargs: Any
     ) -> AsyncIterator[httpx.Response]:
+        await self._abuse_pause()
         try:
             async with self._http.stream(method, url, **kwargs) as response:
                 yield response
         except httpx.TransportError as exc:
             raise self._unreachable(method, url, exc) from None
+
+    async def _abuse_pause(self) -> None:
+        wait = self._paused_until - time.monotonic()
+        if wait > 0:
+            await self._sleep(wait)
 
     async def _with_retries(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
         retrying = AsyncRetrying(

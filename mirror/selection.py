@@ -165,6 +165,32 @@ def select(tags: Iterable[str], rules: TagRules) -> Selection:
     return Selection(tuple(decisions[t] for t in tags))
 
 
+def newest_first(tags: Iterable[str]) -> list[str]:
+    """Versions from the highest down, then other tags: the order to spend a tight pull budget
+    in, so the newest builds arrive first when not everything fits."""
+
+    def key(tag: str) -> tuple[int, object, str]:
+        version = parse_version(tag)
+        return (1, (), tag) if version is None else (0, _Descending(version), tag)
+
+    return sorted(tags, key=key)
+
+
+class _Descending:
+    __slots__ = ("version",)
+
+    def __init__(self, version: Version) -> None:
+        self.version = version
+
+    def __lt__(self, other: _Descending) -> bool:
+        return self.version > other.version
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Descending) and self.version == other.version
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 def _why(rules: TagRules, tag: str) -> str:
     if rules.versions is not None:
         return f"in {rules.versions}"

@@ -102,7 +102,9 @@ class ProxyRequest:
 
 @dataclass(frozen=True)
 class Forward:
-    """Pass the request to the upstream registry and relay the answer."""
+    """Pass the request to the upstream registry and relay the answer (plus ``headers``)."""
+
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -442,9 +444,16 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(action.body)
 
-    def _relay(self, upstream: httpx.Response, allowed: Sequence[str] | None = None) -> None:
-        """Send ``upstream``'s status, headers and (streamed) body to the client."""
+    def _relay(
+        self,
+        upstream: httpx.Response,
+        allowed: Sequence[str] | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> None:
+        """Send ``upstream``'s status, headers (and ``extra``) and streamed body to the client."""
         self.send_response_only(upstream.status_code, upstream.reason_phrase)
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
         has_length = False
         for name, value in upstream.headers.multi_items():
             lower = name.lower()
@@ -561,7 +570,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                         self.send_header("Content-Length", "0")
                         self.end_headers()
                     else:
-                        self._relay(upstream)
+                        extra = action.headers if isinstance(action, Forward) else None
+                        self._relay(upstream, extra=extra)
                 finally:
                     upstream.close()
             case PaginateTags(page_size=page_size):

@@ -25,12 +25,12 @@ from mirror.errors import (
     Unavailable,
 )
 from mirror.manifest import MAX_MANIFEST_BYTES, parse_manifest
+from mirror.quota import RateLimit
 from mirror.reference import Digest
 from mirror.registry import (
     DOCKER_HUB_ENDPOINT,
     MAX_ERROR_BODY_BYTES,
     MAX_RETRY_WAIT_S,
-    RateLimit,
     Registry,
     default_endpoint,
     safe_url,

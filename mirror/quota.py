@@ -1,0 +1,116 @@
+"""A source registry's pull quota, as mirror knows it: Docker Hub's ``ratelimit-*`` headers.
+
+Owns the arithmetic only: what the registry last said was left, what is reserved for GETs in
+flight, the reserve never to touch, and a block after a pull-limit 429. One ``PullBudget``
+per source registry, shared by every job of a process. No I/O; single event loop, no locks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+DEFAULT_BLOCK_S = 60.0  # after a pull-limit 429 that names neither Retry-After nor a window
+MAX_BLOCK_S = 3600.0  # re-read the headers (HEADs are free) at least this often
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """What a registry says of its pull limit: ``ratelimit-limit: 100;w=21600`` and
+    ``ratelimit-remaining: 76;w=21600``. Absent headers mean no limit."""
+
+    limit: int
+    remaining: int
+    window_s: int | None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> RateLimit | None:
+        """Read the quota from a response's headers; None when they are absent or garbled."""
+        limit, window = _quota_value(headers.get("ratelimit-limit"))
+        remaining, _ = _quota_value(headers.get("ratelimit-remaining"))
+        if limit is None or remaining is None:
+            return None
+        return cls(limit, remaining, window)
+
+
+def _quota_value(text: str | None) -> tuple[int | None, int | None]:
+    """``100;w=21600`` -> (100, 21600). The window is parsed, never assumed."""
+    if not text:
+        return None, None
+    value, _, rest = text.partition(";")
+    window = None
+    for part in rest.split(";"):
+        key, _, val = part.strip().partition("=")
+        if key == "w" and val.isdigit():
+            window = int(val)
+    try:
+        return int(value.strip()), window
+    except ValueError:
+        return None, None
+
+
+class PullBudget:
+    """Decides whether a manifest GET (a pull, on Docker Hub) may go out now.
+
+    ``remaining`` is the registry's own figure from its last answer; GETs granted since then
+    and not yet answered count against it (``in_flight``), so concurrent jobs cannot overspend
+    between two answers. ``reserve`` pulls are always left for people. Without headers the
+    registry is taken as unlimited, as Docker documents.
+    """
+
+    def __init__(self, reserve: int = 0, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.reserve = max(0, reserve)
+        self._clock = clock
+        self.rate_limit: RateLimit | None = None
+        self.in_flight = 0
+        self.blocked_until = 0.0
+
+    @property
+    def available(self) -> int | None:
+        """Pulls that may still go out (None: no limit known)."""
+        if self._clock() < self.blocked_until:
+            return 0
+        if self.rate_limit is None:
+            return None
+        return max(0, self.rate_limit.remaining - self.in_flight - self.reserve)
+
+    def observe(self, quota: RateLimit) -> None:
+        """Take the registry's latest figures (from any answer that carried them)."""
+        self.rate_limit = quota
+        if quota.remaining > self.reserve:
+            self.blocked_until = 0.0  # the window has freed some pulls: stop waiting
+
+    def take(self, pulls: int = 1) -> bool:
+        """Grant ``pulls`` GETs now (counted in flight until ``settle``), or refuse them all."""
+        available = self.available
+        if available is not None and available < pulls:
+            return False
+        self.in_flight += pulls
+        return True
+
+    def settle(self, pulls: int = 1) -> None:
+        """GETs granted by ``take`` have been answered (or were not needed after all)."""
+        self.in_flight = max(0, self.in_flight - pulls)
+
+    def block(self, retry_after_s: float | None) -> None:
+        """The registry refused a pull (pull-limit 429): send no GETs until it has room.
+
+        Waits ``Retry-After`` when given, else until a HEAD shows room again, re-checking
+        within the window (or a minute when none is known).
+        """
+        window = self.rate_limit.window_s if self.rate_limit else None
+        wait = retry_after_s or min(float(window or DEFAULT_BLOCK_S), MAX_BLOCK_S)
+        self.blocked_until = max(self.blocked_until, self._clock() + wait)
+
+    def describe(self) -> str:
+        """``12 of 100 left (6h window), reserve 10`` for messages."""
+        if self._clock() < self.blocked_until:
+            return f"blocked for {self.blocked_until - self._clock():.0f} s after a pull-limit 429"
+        if self.rate_limit is None:
+            return "no limit announced"
+        window = f" per {self.rate_limit.window_s} s" if self.rate_limit.window_s else ""
+        return (
+            f"{self.rate_limit.remaining} of {self.rate_limit.limit}{window} left, "
+            f"{self.in_flight} in flight, reserve {self.reserve}"
+        )
