@@ -89,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_rule_arguments(tags)
 
+    plan = commands.add_parser(
+        "plan",
+        help="what a run of every [[mirrors]] entry would do, and what it would cost",
+        description=(
+            "For every configured entry: per tag, copy / skip / defer with the upstream pulls "
+            "it costs and the blobs and bytes missing at the target; then totals and the "
+            "quota left at each source. Moves nothing (it reads manifests it needs to size)."
+        ),
+    )
+    plan.add_argument("--config", metavar="FILE", help="TOML config (default: $MIRROR_CONFIG)")
+    plan.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    plan.add_argument("--shard", metavar="I/N", help="only this shard's entries")
+    plan.add_argument("--recheck", action="store_true", help="check full versions upstream too")
+
     run = commands.add_parser(
         "run",
         help="run as a service: every [[mirrors]] entry on its schedule",
@@ -169,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "tags":
             return _until_signal(_tags(args))
+        if args.command == "plan":
+            return _until_signal(_plan(args))
     except MirrorError as exc:
         _error(str(exc))
         return EXIT_USAGE
@@ -329,6 +345,97 @@ async def _tags(args: argparse.Namespace) -> int:
             print(f"{mark} {decision.tag:<{width}}  {decision.reason}")
         print(f"{len(selection.tags)} of {len(selection.decisions)} tags selected")
     return EXIT_OK
+
+
+async def _plan(args: argparse.Namespace) -> int:
+    """``mirror plan``: a dry run of every configured entry, as a table (or JSON)."""
+    import logging
+
+    from mirror.config import config_path, load_config
+    from mirror.daemon import Shard
+    from mirror.errors import ConfigError
+    from mirror.jobs import Clients, run_entry
+    from mirror.logs import configure_logging
+
+    path = config_path(args.config)
+    config = load_config(path)
+    if not config.mirrors:
+        raise ConfigError(f"config {path or 'environment'}: no [[mirrors]] entries to plan")
+    shard = Shard.parse(args.shard) if args.shard else None
+    entries = [e for e in config.mirrors if shard is None or shard.owns(e.job_id(config.target))]
+    configure_logging(config.daemon.log_format, level=logging.ERROR, stream=sys.stderr)
+    clients = Clients(config)
+    try:
+        results = [
+            await run_entry(entry, clients, dry_run=True, recheck=args.recheck)
+            for entry in entries  # in entry order: that is the budget's priority order
+        ]
+        quotas = {
+            name: client.budget
+            for name in sorted({r.source_registry for r in results})
+            if (client := clients.peek(name)) is not None
+        }
+    finally:
+        await clients.aclose()
+
+    action = {"planned": "copy", "skipped": "skip", "deferred": "defer", "failed": "FAIL"}
+    tags = [t for r in results for t in r.report.tags]
+    totals = {
+        "copy": sum(t.status == "planned" for t in tags),
+        "skip": sum(t.status == "skipped" for t in tags),
+        "defer": sum(t.status == "deferred" for t in tags),
+        "fail": sum(t.status == "failed" for t in tags),
+        "pulls": sum(r.report.upstream_manifest_gets for r in results),
+        "blobs": sum(r.report.blobs_copied for r in results),
+        "bytes": sum(r.report.bytes_copied for r in results),
+    }
+    quota_view = {
+        name: {
+            "limit": b.rate_limit.limit if b.rate_limit else None,
+            "remaining": b.rate_limit.remaining if b.rate_limit else None,
+            "window_s": b.rate_limit.window_s if b.rate_limit else None,
+            "reserve": b.reserve,
+        }
+        for name, b in quotas.items()
+    }
+    if args.json:
+        entries_view = [
+            {
+                "entry": r.job,
+                "error": r.error,
+                "tags": [
+                    {
+                        "tag": t.target,
+                        "action": action[t.status],
+                        "pulls": t.pulls,
+                        "blobs_missing": t.blobs_missing,
+                        "bytes_missing": t.bytes_missing,
+                        "reason": t.error,
+                    }
+                    for t in r.report.tags
+                ],
+            }
+            for r in results
+        ]
+        print(json.dumps({"entries": entries_view, "totals": totals, "quota": quota_view}))
+    else:
+        for r in results:
+            print(r.job + (f"  ({r.error})" if r.error else ""))
+            for t in r.report.tags:
+                line = f"  {action[t.status]:<6} {t.target}"
+                if t.status == "planned":
+                    line += f"  pulls {t.pulls}, {t.blobs_missing} blobs, {_size(t.bytes_missing)}"
+                elif t.error:
+                    line += f"  ({t.error})"
+                print(line)
+        print(
+            f"totals: {totals['copy']} to copy, {totals['skip']} in sync, {totals['defer']} "
+            f"deferred, {totals['fail']} failing; {totals['pulls']} upstream pulls; "
+            f"{totals['blobs']} blobs ({_size(totals['bytes'])}) to copy"
+        )
+        for name, budget in quotas.items():
+            print(f"quota: {name}: {budget.describe()}")
+    return EXIT_FAILED if totals["fail"] else EXIT_OK
 
 
 async def _sync_all(args: argparse.Namespace) -> int:

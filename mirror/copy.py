@@ -102,6 +102,7 @@ class TagResult:
     blobs_missing: int = 0
     bytes_missing: int = 0
     manifests_missing: int = 0
+    pulls: int = 0  # upstream manifest GETs this tag cost (or, in a dry run, will cost)
     error: str | None = None  # why it failed, or why it was deferred
 
 
@@ -154,6 +155,7 @@ class _Plan:
     children: list[Manifest] = field(default_factory=list)  # the target lacks these
     missing_blobs: list[Descriptor] = field(default_factory=list)
     source_digest: Digest | None = None
+    pulls: int = 0  # manifest GETs upstream this tag made (what Docker Hub counts)
 
     @property
     def tag_matches(self) -> bool:
@@ -237,6 +239,7 @@ class Copier:
                 priority=priority,
             )
             result.digest = plan.digest
+            result.pulls = plan.pulls
             if plan.source_digest is not None and plan.source_digest != plan.digest:
                 result.source_digest = plan.source_digest
             if plan.top is None:
@@ -305,11 +308,12 @@ class Copier:
             # registry refuses a manifest whose references are missing. Only the tag moves.
             return _Plan(digest, await self._manifest_from_target(target_repo, digest))
 
+        pulls = 0 if self._pulled_or_pulling(source_repo, digest) else 1
         top = await self._manifest(source_repo, digest)
         if top.is_index and self.platforms:
             top = self._only_platforms(top)
             if await self._target_has_manifest(target_repo, top.digest):
-                return _Plan(top.digest, top, source_digest=digest)
+                return _Plan(top.digest, top, source_digest=digest, pulls=pulls)
         children: list[Manifest] = []
         if top.is_index:
             present = await asyncio.gather(
@@ -317,8 +321,10 @@ class Copier:
             )
             missing = [c for c, have in zip(top.children, present, strict=True) if not have]
             # The children are pulled together or not at all: half an index is no use.
-            pulls = sum(1 for c in missing if c.digest not in self._fetched)
-            self._take_pulls(pulls, f"{len(missing)} child manifests of {digest}")
+            child_pulls = sum(
+                1 for c in missing if not self._pulled_or_pulling(source_repo, c.digest)
+            )
+            self._take_pulls(child_pulls, f"{len(missing)} child manifests of {digest}")
             try:
                 children = list(
                     await asyncio.gather(
@@ -326,17 +332,18 @@ class Copier:
                     )
                 )
             finally:
-                self.source.budget.settle(pulls)
+                self.source.budget.settle(child_pulls)
+            pulls += child_pulls
         if priority is not None:
             await priority[0].release(priority[1])  # everything this tag pulls is taken
-            for child in children:
-                if child.is_index:
-                    raise MirrorError(f"index {top.digest} lists another index {child.digest}")
+        for child in children:
+            if child.is_index:
+                raise MirrorError(f"index {top.digest} lists another index {child.digest}")
         images = children if top.is_index else [top]
         blobs = {b.digest: b for image in images for b in image.blobs}
         present = await asyncio.gather(*(self._blob_exists(target_repo, d) for d in blobs))
         missing_blobs = [b for b, have in zip(blobs.values(), present, strict=True) if not have]
-        return _Plan(top.digest, top, children, missing_blobs, source_digest=digest)
+        return _Plan(top.digest, top, children, missing_blobs, source_digest=digest, pulls=pulls)
 
     def _only_platforms(self, index: Manifest) -> Manifest:
         """The index cut down to the wanted platforms (and their attestations).
@@ -402,6 +409,10 @@ class Copier:
         else:
             digest = source_head.digest
         return digest, target_head.digest if target_head is not None else None
+
+    def _pulled_or_pulling(self, source_repo: str, digest: Digest) -> bool:
+        """Whether this run already has (or is getting) the manifest: no pull for this tag."""
+        return digest in self._fetched or (source_repo, digest) in self._manifests
 
     async def _manifest(
         self, source_repo: str, digest: Digest, *, granted: bool = False

@@ -160,3 +160,54 @@ def test_the_dry_run_predicts_the_pulls_a_real_run_spends(
     assert plan.code == 0 and real.code == 0, plan.stderr + real.stderr
     assert plan.report["upstream_manifest_gets"] == limit.pulls - before == 9  # 6 + 1 + 2
     assert real.report["upstream_manifest_gets"] == limit.pulls - before
+
+
+def test_plan_shows_each_tags_action_cost_and_the_quota_left(
+    tmp_path: Path,
+    hub: HubRegistry,
+    hub_pusher: Pusher,
+    local: RegistryProcess,
+    unique_repo: str,
+    make_proxy: Callable[..., RegistryProxy],
+) -> None:
+    import json
+
+    push_versions(hub_pusher, unique_repo)
+    limit = PullLimit(limit=5)
+    proxy = limited_hub(hub, make_proxy, limit)
+    config = tmp_path / "plan.toml"
+    config.write_text(
+        f'target = "{local.host}"\n'
+        f'[registries."{proxy.host}"]\nusername = "{HUB_USER}"\npassword_env = "HUB_PW"\n'
+        "pull_reserve = 1\n"
+        f'[[mirrors]]\nsource = "{proxy.host}/{unique_repo}"\n'
+    )
+    since = local.log_mark()
+
+    run = run_mirror(
+        "plan", "--config", str(config), "--json", home=tmp_path, env={"HUB_PW": HUB_PASSWORD}
+    )
+
+    assert run.code == 0, run.stderr
+    plan = json.loads(run.stdout)
+    actions = {t["tag"].rsplit(":", 1)[1]: t for t in plan["entries"][0]["tags"]}
+    assert {v for v, t in actions.items() if t["action"] == "copy"} == {
+        "1.0.6",
+        "1.0.5",
+        "1.0.4",
+        "1.0.3",
+    }
+    assert {v for v, t in actions.items() if t["action"] == "defer"} == {"1.0.2", "1.0.1"}
+    assert all(
+        t["pulls"] == 1 and t["blobs_missing"] == 3
+        for t in actions.values()
+        if t["action"] == "copy"
+    )
+    assert plan["totals"]["pulls"] == 4 == limit.pulls  # sizing the copies read them
+    assert plan["quota"][proxy.host] == {
+        "limit": 5,
+        "remaining": 1,
+        "window_s": 21600,
+        "reserve": 1,
+    }
+    assert [e for e in local.requests_since(since) if e.method in ("PUT", "POST")] == []
