@@ -38,6 +38,7 @@ from mirror.errors import (
     NotFound,
     QuotaExhausted,
     RateLimited,
+    Unavailable,
     is_retryable,
 )
 from mirror.manifest import Descriptor, Manifest, Platform, filter_index
@@ -47,7 +48,9 @@ from mirror.registry import Registry
 SOURCE_DIGEST_ANNOTATION = "io.mirror.source.digest"  # on a platform-filtered index
 PLATFORMS_ANNOTATION = "io.mirror.platforms"  # which platforms it keeps, sorted, comma-joined
 DEFAULT_CONCURRENCY = 4  # blob transfers in flight at once, across every tag of a run
-BLOB_ATTEMPTS = 3  # a broken blob stream is started again this many times in all
+BLOB_ATTEMPTS = 3  # a failed blob transfer is started again this many times in all
+RESUMABLE_MIN_BYTES = 4 * 1024 * 1024  # smaller blobs just start again when they break
+SOURCE_RESUMES = 5  # a large blob's download is resumed this many times per transfer
 
 _T = TypeVar("_T")
 TagStatus = Literal["copied", "skipped", "failed", "planned", "deferred"]
@@ -572,6 +575,11 @@ class Copier:
     async def _stream_blob(
         self, source_repo: str, target_repo: str, blob: Descriptor, upload_url: str | None
     ) -> None:
+        """Step 4 for one blob. Small blobs go in one PUT with their Content-Length (a broken
+        one simply starts again); large ones in a session that survives a broken download."""
+        if blob.size >= RESUMABLE_MIN_BYTES:
+            await self._resumable_copy(source_repo, target_repo, blob, upload_url)
+            return
         async with self.source.open_blob(source_repo, blob.digest) as chunks:
             await self.target.upload_blob(
                 target_repo,
@@ -580,6 +588,54 @@ class Copier:
                 self._verified(chunks, blob),
                 upload_url=upload_url,
             )
+
+    async def _resumable_copy(
+        self, source_repo: str, target_repo: str, blob: Descriptor, upload_url: str | None
+    ) -> None:
+        """Stream a large blob into one upload session, resuming a broken download.
+
+        The bytes go up in a chunked PATCH as they arrive. When the download breaks off (a
+        reset, a stall past the read timeout), the PATCH ends there and the session keeps what
+        arrived; the rest is fetched with a Range from that offset (no byte crosses twice;
+        a source that ignores Range is read from the start and the known part skipped). The
+        first resume is immediate. The digest is checked over the whole blob before the
+        session is committed: a bad blob is never linked, and its session is abandoned.
+        """
+        url = upload_url or await self.target.start_upload(target_repo)
+        feed = _Feed(blob, self.progress)
+        resumes = 0
+        try:
+            while True:
+                try:
+                    offset = feed.received
+                    async with self.source.open_blob(
+                        source_repo, blob.digest, offset=offset
+                    ) as chunks:
+                        url, held = await self.target.append_upload(url, feed.take(chunks))
+                except Unavailable as exc:
+                    if feed.received != offset:
+                        raise  # the target side failed mid-PATCH: start again from nothing
+                    feed.broken = exc  # the source failed before sending a byte
+                else:
+                    if held != feed.received:
+                        raise Unavailable(
+                            f"registry {self.target.name}: upload of {blob.digest} holds "
+                            f"{held} bytes where {feed.received} were sent"
+                        )
+                if feed.broken is None:
+                    break
+                resumes += 1
+                if resumes > SOURCE_RESUMES:
+                    raise feed.broken
+                if resumes > 1:  # the first resume is at once: most breaks are one-offs
+                    await self._sleep(min(0.25 * 2 ** (resumes - 2), 2.0))
+            feed.check()
+            await self.target.finish_upload(url, blob.digest)
+        except MirrorError:
+            await self.target.cancel_upload(url)
+            raise
+        finally:
+            feed.close()
 
     async def _verified(
         self, chunks: AsyncIterator[bytes], blob: Descriptor
@@ -645,6 +701,52 @@ class Copier:
             if tasks.get(key) is task and task.done():
                 del tasks[key]
             raise
+
+
+class _Feed:
+    """One blob's bytes on their way up: hashed, counted and reported as they pass, across
+    however many downloads it takes."""
+
+    def __init__(self, blob: Descriptor, progress: Progress | None) -> None:
+        self.blob = blob
+        self.hasher = blob.digest.hasher()
+        self.received = 0
+        self.broken: Unavailable | None = None
+        self._progress = progress
+        if progress:
+            progress.blob_started(blob.digest, blob.size)
+
+    async def take(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Pass ``chunks`` on; a download that breaks off ends the stream instead of failing
+        it (``broken`` says why), so the upload keeps every byte that came."""
+        self.broken = None
+        try:
+            async for chunk in chunks:
+                if self.received + len(chunk) > self.blob.size:
+                    raise DigestMismatch(
+                        f"blob {self.blob.digest}",
+                        self.blob.digest,
+                        f"more than {self.blob.size} bytes",
+                    )
+                self.hasher.update(chunk)
+                self.received += len(chunk)
+                yield chunk
+                if self._progress:
+                    self._progress.blob_advanced(self.blob.digest, len(chunk))
+        except Unavailable as exc:
+            self.broken = exc
+
+    def check(self) -> None:
+        """Raise DigestMismatch unless exactly the right bytes came."""
+        actual = f"{self.blob.digest.algorithm}:{self.hasher.hexdigest()}"
+        if self.received != self.blob.size:
+            actual = f"{self.received} bytes where the manifest says {self.blob.size}"
+        if actual != self.blob.digest:
+            raise DigestMismatch(f"blob {self.blob.digest}", self.blob.digest, actual)
+
+    def close(self) -> None:
+        if self._progress:
+            self._progress.blob_finished(self.blob.digest)
 
 
 def _resolved(value: _T) -> asyncio.Future[_T]:
