@@ -215,6 +215,13 @@ class RegistryAuth(httpx.Auth):
             response = yield request
             if response.status_code != 401:
                 return
+            if challenge is not None and challenge.scheme == "bearer":
+                # The token was refused (expired early, revoked): never offer it again.
+                key = self._token_key(challenge, scopes)
+                sent = request.headers.get("Authorization", "")
+                cached = self._tokens.get(key)
+                if cached is not None and sent == f"Bearer {cached.value}":
+                    del self._tokens[key]
             fresh = _preferred(parse_challenges(response.headers.get("WWW-Authenticate", "")))
             if fresh is None:
                 return

@@ -104,6 +104,10 @@ class RegistrySettings(BaseModel):
     pull_reserve: int = Field(
         default=0, ge=0, description="pulls of the rate-limit window mirror never spends"
     )
+    connect_timeout: Duration = Field(default=10.0, description="to open a connection")
+    read_timeout: Duration = Field(
+        default=60.0, description="the longest silence while reading (or writing) a response"
+    )
 
     @field_validator("endpoint")
     @classmethod

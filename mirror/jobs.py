@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import httpx
 import structlog
 
 from mirror.auth import Credentials, docker_credentials
@@ -62,6 +63,12 @@ class Clients:
             client = Registry(
                 name,
                 pull_reserve=settings.pull_reserve,
+                timeout=httpx.Timeout(
+                    connect=settings.connect_timeout,
+                    read=settings.read_timeout,
+                    write=settings.read_timeout,
+                    pool=None,
+                ),
                 endpoint=settings.endpoint,
                 credentials=credentials,
                 insecure=settings.insecure,

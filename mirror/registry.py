@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from mirror.auth import Credentials, CredentialSource, RegistryAuth
 from mirror.errors import (
@@ -45,6 +45,7 @@ TAGS_PAGE_SIZE = 1000  # ask for large pages; registries may return fewer and a 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=None)
 DEFAULT_RETRY_ATTEMPTS = 4
 MAX_RETRY_WAIT_S = 60.0  # never sleep longer than this on one Retry-After
+MAX_RETRY_TIME_S = 120.0  # an operation stops retrying after this long, whatever its attempts
 ABUSE_BACKOFF_S = 2.0  # an abuse-limit 429 without Retry-After pauses the registry this long
 _T = TypeVar("_T")
 _SAFE_QUERY_KEYS = frozenset({"digest", "mount", "from", "n", "last", "service", "scope"})
@@ -538,6 +539,16 @@ class Registry:
                 await response.aclose()
         except httpx.TransportError as exc:
             raise self._unreachable(method, url, exc) from None
+        except httpx.StreamConsumed:
+            # A streamed body cannot be sent twice: the registry asked for credentials again
+            # mid-upload. The transfer as a whole is retried, with a fresh token.
+            raise Unavailable(
+                f"registry {self.name}: credentials were refused during {method} "
+                f"{safe_url(request.url)}; the transfer is started again",
+                method=method,
+                url=safe_url(request.url),
+                status=401,
+            ) from None
         # The body is decoded already: the new response must not decode it again.
         headers = [
             (k, v)
@@ -581,7 +592,7 @@ class Registry:
 
     async def _with_retries(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._retry_attempts),
+            stop=stop_after_attempt(self._retry_attempts) | stop_after_delay(MAX_RETRY_TIME_S),
             retry=retry_if_exception(is_retryable),
             wait=_wait_for,
             sleep=self._sleep,
