@@ -103,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--shard", metavar="I/N", help="only this shard's entries")
     plan.add_argument("--recheck", action="store_true", help="check full versions upstream too")
 
+    show = commands.add_parser(
+        "config",
+        help="check the config and print it resolved (defaults merged, secrets masked)",
+        description=(
+            "Load and validate the config (file plus MIRROR_* environment), then print it as "
+            "JSON with [defaults] merged into every entry, each entry's job name, and for each "
+            "registry whether its password can be read. Passwords are never printed."
+        ),
+    )
+    show.add_argument("--config", metavar="FILE", help="TOML config (default: $MIRROR_CONFIG)")
+
     run = commands.add_parser(
         "run",
         help="run as a service: every [[mirrors]] entry on its schedule",
@@ -185,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             return _until_signal(_tags(args))
         if args.command == "plan":
             return _until_signal(_plan(args))
+        if args.command == "config":
+            return _show_config(args)
     except MirrorError as exc:
         _error(str(exc))
         return EXIT_USAGE
@@ -344,6 +357,34 @@ async def _tags(args: argparse.Namespace) -> int:
             mark = "+" if decision.selected else "-"
             print(f"{mark} {decision.tag:<{width}}  {decision.reason}")
         print(f"{len(selection.tags)} of {len(selection.decisions)} tags selected")
+    return EXIT_OK
+
+
+def _show_config(args: argparse.Namespace) -> int:
+    """``mirror config``: the resolved config as JSON, with every secret masked."""
+    from mirror.config import config_path, load_config
+    from mirror.errors import ConfigError
+
+    path = config_path(args.config)
+    config = load_config(path)
+    document = config.model_dump(mode="json")
+    for name in document["registries"]:
+        try:
+            credentials = config.credentials(name)
+        except ConfigError as exc:
+            status: Any = f"cannot be read: {exc}"
+        else:
+            status = (
+                {"username": credentials.username, "password": "********"}
+                if credentials
+                else "none configured (docker login's config.json is used, if any)"
+            )
+        document["registries"][name]["credentials"] = status
+    for entry, shown in zip(config.mirrors, document["mirrors"], strict=True):
+        shown["job"] = entry.job_id(config.target)
+        shown["schedule"] = entry.schedule
+    document["config_file"] = str(path) if path else None
+    print(json.dumps(document, indent=2))
     return EXIT_OK
 
 
