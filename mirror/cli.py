@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         "gets an index listing only them, with a new digest",
     )
     sync.add_argument(
+        "--flatten",
+        action="store_true",
+        help="with one --platform: copy that platform's image as a plain manifest, no index",
+    )
+    sync.add_argument(
         "--recheck",
         action="store_true",
         help="check full-version tags upstream too (normally a tag like 2.1.106 that the "
@@ -282,6 +287,7 @@ async def _sync(args: argparse.Namespace) -> int:
                 progress=display,
                 report=report,
                 platforms=platforms,
+                flatten=args.flatten,
             )
             batch = [
                 r
@@ -493,6 +499,7 @@ async def _sync_all(args: argparse.Namespace) -> int:
         args.to
         or args.concurrency is not None
         or args.platform
+        or args.flatten
         or not rules_from(args).selects_everything
     ):
         raise ConfigError(

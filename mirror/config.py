@@ -183,6 +183,7 @@ class EntryDefaults(BaseModel):
     concurrency: int | None = Field(default=None, ge=1, le=64)
     tags: TagSettings | None = None
     platforms: Platforms | None = None
+    flatten: bool | None = None
 
     @model_validator(mode="after")
     def _one_schedule(self) -> EntryDefaults:
@@ -207,6 +208,7 @@ class MirrorEntry(BaseModel):
     concurrency: int = Field(default=4, ge=1, le=64)
     tags: TagSettings = Field(default_factory=TagSettings)
     platforms: Platforms = Field(default_factory=list)
+    flatten: bool = False
 
     def platform_list(self) -> list[Platform]:
         return [Platform.parse(p) for p in self.platforms]
@@ -247,6 +249,8 @@ class MirrorEntry(BaseModel):
     def _one_schedule(self) -> MirrorEntry:
         if self.interval is not None and self.cron is not None:
             raise ValueError("give interval or cron, not both")
+        if self.flatten and len(self.platforms) != 1:
+            raise ValueError("flatten = true takes exactly one entry in platforms")
         ref = parse_reference(self.source) if not self.is_namespace else None
         if ref and (ref.tag or ref.digest) and self.tags.rules() != TagRules():
             raise ValueError("source names one tag or digest; tag rules apply to repositories")

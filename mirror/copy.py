@@ -185,9 +185,19 @@ class Copier:
         blob_attempts: int = BLOB_ATTEMPTS,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         platforms: Sequence[Platform] = (),
+        flatten: bool = False,
+        flattened: dict[tuple[Digest, str], Digest] | None = None,
     ) -> None:
+        """``flatten`` with one platform copies that platform's image as a plain manifest
+        under the tag; ``flattened`` remembers which image each index gave, so a daemon's
+        later runs know an unchanged index without pulling it (pass the same dict each run).
+        """
+        if flatten and len(platforms) != 1:
+            raise MirrorError("flatten takes exactly one platform")
         self.source = source
         self.platforms = tuple(platforms)
+        self.flatten = flatten
+        self._flattened = flattened if flattened is not None else {}
         self._platforms_key = ",".join(sorted(str(p) for p in self.platforms))
         self.target = target
         self.dry_run = dry_run
@@ -300,7 +310,10 @@ class Copier:
             return _Plan(digest)
         if priority is not None and self.source.budget.available is not None:
             await priority[0].wait(priority[1])  # pulls ahead: take the budget in turn
-        if self.platforms and target_digest is not None:
+        if self.flatten and target_digest is not None:
+            if self._flattened.get((digest, self._platforms_key)) == target_digest:
+                return _Plan(target_digest, source_digest=digest)  # this index's image
+        elif self.platforms and target_digest is not None:
             on_target = await self._manifest_from_target(target_repo, target_digest)
             if on_target.annotation(SOURCE_DIGEST_ANNOTATION) == digest and (
                 on_target.annotation(PLATFORMS_ANNOTATION) == self._platforms_key
@@ -313,7 +326,17 @@ class Copier:
 
         pulls = 0 if self._pulled_or_pulling(source_repo, digest) else 1
         top = await self._manifest(source_repo, digest)
-        if top.is_index and self.platforms:
+        if top.is_index and self.flatten:
+            image = self._platform_image(top)
+            self._flattened[(digest, self._platforms_key)] = image.digest
+            if target_digest == image.digest:
+                return _Plan(image.digest, source_digest=digest, pulls=pulls)
+            if await self._target_has_manifest(target_repo, image.digest):
+                on_target = await self._manifest_from_target(target_repo, image.digest)
+                return _Plan(image.digest, on_target, source_digest=digest, pulls=pulls)
+            pulls += 0 if self._pulled_or_pulling(source_repo, image.digest) else 1
+            top = await self._manifest(source_repo, image.digest)
+        elif top.is_index and self.platforms:
             top = self._only_platforms(top)
             if await self._target_has_manifest(target_repo, top.digest):
                 return _Plan(top.digest, top, source_digest=digest, pulls=pulls)
@@ -347,6 +370,14 @@ class Copier:
         present = await asyncio.gather(*(self._blob_exists(target_repo, d) for d in blobs))
         missing_blobs = [b for b, have in zip(blobs.values(), present, strict=True) if not have]
         return _Plan(top.digest, top, children, missing_blobs, source_digest=digest, pulls=pulls)
+
+    def _platform_image(self, index: Manifest) -> Descriptor:
+        """The one image of ``index`` for the (single) wanted platform."""
+        for child in index.children:
+            if child.platform is not None and child.platform.matches(self.platforms[0]):
+                return child
+        self._only_platforms(index)  # raises, naming the platforms the index has
+        raise AssertionError("unreachable")
 
     def _only_platforms(self, index: Manifest) -> Manifest:
         """The index cut down to the wanted platforms (and their attestations).

@@ -50,6 +50,7 @@ class Clients:
         self.config = config
         self._options = registry_options
         self._clients: dict[str, Registry] = {}
+        self.flattened: dict[Any, Any] = {}  # index digest -> the image a flatten took
 
     def get(self, name: str) -> Registry:
         client = self._clients.get(name)
@@ -195,6 +196,8 @@ async def run_entry(
             progress=progress,
             report=report,
             platforms=entry.platform_list(),
+            flatten=entry.flatten,
+            flattened=clients.flattened,
         )
         if entry.is_namespace:
             repositories = await copier.source.list_repositories(source_ns.path)

@@ -106,3 +106,25 @@ def test_a_platform_the_index_lacks_fails_the_tag_naming_what_it_has(
     assert run.code == 1
     assert "windows/amd64" in run.stderr and "linux/s390x" in run.stderr
     assert manifest_digest(local.url, unique_repo, "1.0") is None
+
+
+def test_one_platform_flattened_to_a_plain_manifest(
+    tmp_path: Path, hub: HubRegistry, hub_pusher: Pusher, local: RegistryProcess, unique_repo: str
+) -> None:
+    index, parts = index_with_attestation(unique_repo)
+    hub_pusher.push(unique_repo, index, "1.0")
+    args = ["--platform", "linux/arm64", "--flatten", "--to", local.host, "--json"]
+
+    run = run_mirror("sync", f"{hub.host}/{unique_repo}:1.0", *args, home=tmp_path)
+
+    assert run.code == 0, run.stderr
+    arm64 = parts["linux/arm64/v8"]
+    assert run.tag("1.0")["digest"] == arm64.digest
+    assert run.tag("1.0")["source_digest"] == index.digest
+    verify_repository(local.url, unique_repo, "1.0", expected_digest=arm64.digest)
+
+    since = hub.log_mark()
+    again = run_mirror("sync", f"{hub.host}/{unique_repo}:1.0", *args, home=tmp_path)
+    assert again.code == 0 and again.tag("1.0")["status"] == "skipped"
+    # A new process knows no index yet: it reads the index (one pull), not the image.
+    assert hub.count_requests("GET", "/manifests/", since=since) == 1
