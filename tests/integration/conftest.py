@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.integration.helpers import Daemon
 from tests.support.images import Pusher
 from tests.support.proxy import RegistryProxy
 from tests.support.registry import DEFAULT_BINARY, RegistryProcess, http_client
@@ -141,3 +142,20 @@ def http() -> Iterator[httpx.Client]:
     """A plain HTTP client for poking at the test servers directly."""
     with http_client(timeout=30.0) as client:
         yield client
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def start(config: Path, port: int, *extra: str) -> Daemon:
+        daemon = Daemon(config, tmp_path, port, *extra)
+        started.append(daemon)
+        daemon.wait_for("the daemon to start", lambda: daemon.events("daemon started"))
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()

@@ -6,97 +6,18 @@ content are what the tests look at.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from tests.integration.helpers import HUB_PASSWORD, HUB_USER, run_mirror
+from tests.integration.helpers import HUB_PASSWORD, HUB_USER, Daemon, metric, run_mirror
 from tests.support.images import Pusher, build_image, manifest_digest, verify_same
 from tests.support.registry import RegistryProcess, free_port
 from tests.support.tokenserver import HubRegistry
-
-WAIT_S = 20.0  # generous: a run takes well under a second here
-
-
-class Daemon:
-    """A running ``mirror run`` with its log lines collected as they come."""
-
-    def __init__(self, config: Path, home: Path, port: int, *extra: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MIRROR_", "DOCKER_"))}
-        env.update(HOME=str(home), DOCKER_CONFIG=str(home / ".docker"), HUB_PW=HUB_PASSWORD)
-        self.port = port
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mirror", "run", "--config", str(config), *extra],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        self.lines: list[dict[str, Any]] = []
-        self.raw: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.raw.append(line)
-            with contextlib.suppress(ValueError):
-                self.lines.append(json.loads(line))
-
-    def events(self, event: str, **match: Any) -> list[dict[str, Any]]:
-        return [
-            e
-            for e in list(self.lines)
-            if e.get("event") == event and all(e.get(k) == v for k, v in match.items())
-        ]
-
-    def wait_for(self, what: str, check: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}; log:\n{''.join(self.raw)}")
-
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=5)
-
-    def stop(self, timeout: float = WAIT_S) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-
-@pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
-
-    def start(config: Path, port: int, *extra: str) -> Daemon:
-        daemon = Daemon(config, tmp_path, port, *extra)
-        started.append(daemon)
-        daemon.wait_for("the daemon to start", lambda: daemon.events("daemon started"))
-        return daemon
-
-    yield start
-    for daemon in started:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait()
 
 
 def config_text(
@@ -115,16 +36,6 @@ def config_text(
     for source in entries:
         lines += ["[[mirrors]]", f'source = "{hub.host}/{source}"']
     return "\n".join(lines) + "\n"
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one series in Prometheus text format (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            series, _, value = line.rpartition(" ")
-            if all(f'{k}="{v}"' in series for k, v in labels.items()):
-                return float(value)
-    return 0.0
 
 
 def test_daemon_keeps_the_target_in_step_and_reports_it(
