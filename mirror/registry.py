@@ -346,38 +346,9 @@ class Registry:
 
     async def list_tags(self, repository: str) -> list[str]:
         """Every tag of ``repository``, following ``Link: <...>; rel="next"`` page by page."""
-        tags: list[str] = []
-        url: httpx.URL | str = f"/v2/{repository}/tags/list"
-        params: dict[str, Any] | None = {"n": TAGS_PAGE_SIZE}
-        what = f"tags of {repository}"
-        seen: set[str] = set()
-        while True:
-            body, response = await self._get_capped(url, params, MAX_TAGS_BODY_BYTES, what)
-            try:
-                page = json.loads(body).get("tags") or []
-                if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
-                    raise ValueError("'tags' is not a list of strings")
-            except (ValueError, AttributeError) as exc:
-                raise RegistryError(
-                    f"registry {self.name}: tags list of {repository} is not valid JSON: {exc}",
-                    method="GET",
-                    url=safe_url(response.url),
-                    status=response.status_code,
-                ) from None
-            tags.extend(page)
-            seen.add(str(response.request.url))
-            next_url = self._next_link(response)
-            if next_url is None:
-                return tags
-            if str(next_url) in seen:
-                raise RegistryError(
-                    f"registry {self.name}: tags list of {repository} links back to a page "
-                    f"already read ({safe_url(next_url)}); refusing to loop",
-                    method="GET",
-                    url=safe_url(response.request.url),
-                    status=response.status_code,
-                )
-            url, params = next_url, None
+        return await self._paged_names(
+            f"/v2/{repository}/tags/list", "tags", f"tags list of {repository}"
+        )
 
     async def list_repositories(self, prefix: str = "") -> list[str]:
         """Repositories under ``prefix`` (``diamol`` -> ``diamol/golang``, ...; "" -> all).
@@ -388,30 +359,45 @@ class Registry:
         """
         if self.name == DOCKER_HUB and self.endpoint == DOCKER_HUB_ENDPOINT:
             return await self._list_hub_namespace(prefix)
-        found: list[str] = []
-        url: httpx.URL | str = "/v2/_catalog"
+        names = await self._paged_names("/v2/_catalog", "repositories", "repository catalog")
+        return [r for r in names if not prefix or r.startswith(prefix + "/")]
+
+    async def _paged_names(self, path: str, key: str, what: str) -> list[str]:
+        """A list of names a registry pages (``tags/list``, ``_catalog``), every page read.
+
+        Follows ``Link: <...>; rel="next"`` until it is absent; refuses a link to another host
+        or back to a page already read, and a page that is not JSON with a list under ``key``.
+        """
+        names: list[str] = []
+        url: httpx.URL | str = path
         params: dict[str, Any] | None = {"n": TAGS_PAGE_SIZE}
         seen: set[str] = set()
         while True:
-            body, response = await self._get_capped(
-                url, params, MAX_TAGS_BODY_BYTES, "the repository catalog"
-            )
+            body, response = await self._get_capped(url, params, MAX_TAGS_BODY_BYTES, what)
             try:
-                page = json.loads(body).get("repositories") or []
-                if not isinstance(page, list) or not all(isinstance(r, str) for r in page):
-                    raise ValueError("'repositories' is not a list of strings")
+                page = json.loads(body).get(key) or []
+                if not isinstance(page, list) or not all(isinstance(n, str) for n in page):
+                    raise ValueError(f"{key!r} is not a list of strings")
             except (ValueError, AttributeError) as exc:
                 raise RegistryError(
-                    f"registry {self.name}: the repository catalog is not valid JSON: {exc}",
+                    f"registry {self.name}: {what} is not valid JSON: {exc}",
                     method="GET",
                     url=safe_url(response.url),
                     status=response.status_code,
                 ) from None
-            found += [r for r in page if not prefix or r.startswith(prefix + "/")]
+            names.extend(page)
             seen.add(str(response.request.url))
-            next_url = self._next_link(response)
-            if next_url is None or str(next_url) in seen:
-                return found
+            next_url = self._next_link(response, what)
+            if next_url is None:
+                return names
+            if str(next_url) in seen:
+                raise RegistryError(
+                    f"registry {self.name}: {what} links back to a page already read "
+                    f"({safe_url(next_url)}); refusing to loop",
+                    method="GET",
+                    url=safe_url(response.request.url),
+                    status=response.status_code,
+                )
             url, params = next_url, None
 
     async def _list_hub_namespace(self, namespace: str) -> list[str]:
@@ -641,7 +627,7 @@ class Registry:
             )
         return str(response.request.url.join(location))
 
-    def _next_link(self, response: httpx.Response) -> httpx.URL | None:
+    def _next_link(self, response: httpx.Response, what: str) -> httpx.URL | None:
         """The ``rel="next"`` target of a Link header, refused if it leaves this registry."""
         link = response.links.get("next")
         if link is None or not link.get("url"):
@@ -652,7 +638,7 @@ class Registry:
             response.request.url.netloc,
         ):
             raise RegistryError(
-                f"registry {self.name}: tags list Link header points at another host "
+                f"registry {self.name}: {what} Link header points at another host "
                 f"({safe_url(target)}); refusing to follow it",
                 method="GET",
                 url=safe_url(response.request.url),
