@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from mirror.errors import (
     DigestMismatch,
@@ -38,12 +38,13 @@ from mirror.errors import (
     NotFound,
     QuotaExhausted,
     RateLimited,
+    RegistryError,
     Unavailable,
     is_retryable,
 )
 from mirror.manifest import Descriptor, Manifest, Platform, filter_index
 from mirror.reference import Digest
-from mirror.registry import Registry
+from mirror.registry import Registry, backoff
 
 SOURCE_DIGEST_ANNOTATION = "io.mirror.source.digest"  # on a platform-filtered index
 PLATFORMS_ANNOTATION = "io.mirror.platforms"  # which platforms it keeps, sorted, comma-joined
@@ -548,6 +549,15 @@ class Copier:
             )
         )
         await self._put_manifest(target_repo, target_reference, plan.top)
+        # Read the tag back: a registry can accept a PUT and still not serve it (distribution
+        # killed mid-write leaves an empty manifest file that a later PUT links again).
+        written = await self.target.head_manifest(target_repo, target_reference)
+        if written is None or written.digest != plan.top.digest:
+            raise MirrorError(
+                f"registry {self.target.name}: {target_repo}:{target_reference} was written but "
+                f"does not serve {plan.top.digest} (it answers "
+                f"{written.digest if written else 'not found'})"
+            )
 
     async def _put_manifest(self, repo: str, reference: str, manifest: Manifest) -> None:
         """PUT a manifest; manifest PUTs into one repository go one at a time.
@@ -585,7 +595,7 @@ class Copier:
                 retrying = AsyncRetrying(
                     stop=stop_after_attempt(self._blob_attempts),
                     retry=retry_if_exception(is_retryable),
-                    wait=wait_exponential(multiplier=0.25, max=4),
+                    wait=_blob_wait,
                     sleep=self._sleep,
                     reraise=True,
                 )
@@ -642,7 +652,9 @@ class Copier:
                     async with self.source.open_blob(
                         source_repo, blob.digest, offset=offset
                     ) as chunks:
-                        url, held = await self.target.append_upload(url, feed.take(chunks))
+                        url, held = await self.target.append_upload(
+                            url, feed.take(chunks), held=offset
+                        )
                 except Unavailable as exc:
                     if feed.received != offset:
                         raise  # the target side failed mid-PATCH: start again from nothing
@@ -657,8 +669,13 @@ class Copier:
                     break
                 resumes += 1
                 if resumes > SOURCE_RESUMES:
-                    raise feed.broken
-                if resumes > 1:  # the first resume is at once: most breaks are one-offs
+                    # Not Unavailable: this level has retried already, the copier must not.
+                    raise DownloadFailed(
+                        f"{feed.broken} (gave up after {SOURCE_RESUMES} resumes)"
+                    ) from None
+                if feed.broken.retry_after is not None:
+                    await self._sleep(backoff(feed.broken, resumes))
+                elif resumes > 1:  # the first resume is at once: most breaks are one-offs
                     await self._sleep(min(0.25 * 2 ** (resumes - 2), 2.0))
             feed.check()
             await self.target.finish_upload(url, blob.digest)
@@ -778,6 +795,19 @@ class _Feed:
     def close(self) -> None:
         if self._progress:
             self._progress.blob_finished(self.blob.digest)
+
+
+class DownloadFailed(MirrorError):
+    """A large blob's download kept breaking after every resume: that tag fails."""
+
+
+def _blob_wait(retry_state: Any) -> float:
+    """Before a blob transfer starts again: the registry's Retry-After if it sent one, else
+    a short exponential backoff from 0.25 s (transfers are cheap to restart)."""
+    exc = retry_state.outcome.exception() if retry_state.outcome else None
+    if isinstance(exc, RegistryError) and exc.retry_after is not None:
+        return backoff(exc, retry_state.attempt_number)
+    return float(min(0.25 * 2 ** (retry_state.attempt_number - 1), 4.0))
 
 
 def _resolved(value: _T) -> asyncio.Future[_T]:

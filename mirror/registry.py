@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -316,21 +317,33 @@ class Registry:
         await self._raise_for(response, what=what)
         return self._location(response)
 
-    async def append_upload(self, upload_url: str, chunks: AsyncIterable[bytes]) -> tuple[str, int]:
-        """Stream ``chunks`` into an upload session (a chunked PATCH, as ``docker push`` does).
+    async def append_upload(
+        self, upload_url: str, chunks: AsyncIterable[bytes], *, held: int = 0
+    ) -> tuple[str, int]:
+        """Stream ``chunks`` into an upload session that holds ``held`` bytes (a chunked
+        PATCH, as ``docker push`` does).
 
         The body may end early, e.g. because the source broke off: the registry keeps what
         arrived and the session can be continued. Returns the session's next URL and the
         number of bytes it now holds (from its ``Range: 0-N`` header).
         """
+        sent = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal sent
+            async for chunk in chunks:
+                sent += len(chunk)
+                yield chunk
+
         response = await self._send(
             "PATCH",
             upload_url,
-            content=chunks,
+            content=counted(),
             headers={"Content-Type": "application/octet-stream"},
         )
         await self._raise_for(response, what="blob upload")
-        return self._location(response), _upload_length(response.headers.get("Range"))
+        length = _upload_length(response.headers.get("Range"), held + sent)
+        return self._location(response), length
 
     async def finish_upload(self, upload_url: str, digest: Digest) -> None:
         """Commit a session's bytes as blob ``digest`` (PUT ``?digest=``, empty body); the
@@ -451,6 +464,7 @@ class Registry:
 
     def _error(self, response: httpx.Response, what: str, body: bytes) -> RegistryError:
         codes, details = _error_codes(body)
+        details = redact(details, self.auth.credentials)
         status = response.status_code
         method = response.request.method
         url = safe_url(response.request.url)
@@ -648,11 +662,35 @@ class Registry:
 
 
 def _wait_for(retry_state: Any) -> float:
-    """Exponential backoff from 0.5 s, or the registry's Retry-After when it sent one."""
+    """tenacity's wait: ``backoff`` for the attempt that just failed."""
     exc = retry_state.outcome.exception() if retry_state.outcome else None
+    return backoff(exc, retry_state.attempt_number)
+
+
+def backoff(exc: BaseException | None, attempt: int) -> float:
+    """How long to wait before try ``attempt + 1``: the registry's Retry-After when it sent
+    one (capped at MAX_RETRY_WAIT_S), else exponential from 0.5 s up to 8 s."""
     if isinstance(exc, RegistryError) and exc.retry_after is not None:
         return min(exc.retry_after, MAX_RETRY_WAIT_S)
-    return float(min(0.5 * 2 ** (retry_state.attempt_number - 1), 8.0))
+    return float(min(0.5 * 2 ** (attempt - 1), 8.0))
+
+
+_CREDENTIAL_SHAPES = re.compile(
+    r"(?i)\b(basic|bearer)\s+[A-Za-z0-9._~+/=-]+"  # an Authorization value echoed back
+    r"|eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*"  # a JWT, or its first part
+)
+
+
+def redact(text: str, credentials: Credentials | None = None) -> str:
+    """A registry's own words with anything credential-shaped taken out.
+
+    A registry or proxy may echo the Authorization it refused into its error message; those
+    messages go to logs and terminals, so tokens, Basic values and the password never do.
+    """
+    text = _CREDENTIAL_SHAPES.sub(lambda m: f"{m.group(1) or 'token'} [redacted]", text)
+    if credentials is not None and credentials.password:
+        text = text.replace(credentials.password, "[redacted]")
+    return text
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -706,26 +744,39 @@ def _too_large(response: httpx.Response, what: str, cap: int) -> MirrorError:
     return ManifestError(message) if what.startswith("manifest") else MirrorError(message)
 
 
-def _upload_length(value: str | None) -> int:
-    """``Range: 0-1023`` on an upload session -> 1024 bytes held (no header: none)."""
+def _upload_length(value: str | None, sent: int) -> int:
+    """``Range: 0-1023`` on an upload session -> 1024 bytes held (no header: none).
+
+    distribution reports an empty session as ``0-0`` too, which reads as one byte: with
+    nothing sent, that is zero.
+    """
     if not value:
         return 0
     _, _, end = value.rpartition("-")
-    return int(end) + 1 if end.isdigit() else 0
+    held = int(end) + 1 if end.isdigit() else 0
+    return 0 if held == 1 and sent == 0 else held
 
 
 async def _chunks(
     response: httpx.Response, registry: str, digest: Digest, *, skip: int = 0
 ) -> AsyncIterator[bytes]:
+    # Gathered into BLOB_CHUNK_BYTES pieces by hand: httpx's own chunker drops the part of a
+    # chunk it holds when the body breaks, and a resume would fetch those bytes twice.
+    pending = bytearray()
     try:
-        async for chunk in response.aiter_bytes(BLOB_CHUNK_BYTES):
+        async for data in response.aiter_bytes():
             if skip:
-                dropped = min(skip, len(chunk))
-                chunk, skip = chunk[dropped:], skip - dropped
-                if not chunk:
-                    continue
-            yield chunk
+                dropped = min(skip, len(data))
+                data, skip = data[dropped:], skip - dropped
+            pending += data
+            if len(pending) >= BLOB_CHUNK_BYTES:
+                yield bytes(pending)
+                pending.clear()
+        if pending:
+            yield bytes(pending)
     except httpx.TransportError as exc:
+        if pending:
+            yield bytes(pending)  # every byte that arrived goes on; the resume starts after it
         raise Unavailable(
             f"registry {registry}: blob {digest} download broke off: {exc or type(exc).__name__}",
             method="GET",

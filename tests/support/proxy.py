@@ -20,20 +20,32 @@ Every request from either listener goes through ``RegistryProxy.decide`` - the o
 place that picks an ``Action``.  Tests add fault modes with ``add_rule``: a rule
 sees a ``ProxyRequest`` and returns an ``Action`` (e.g. ``Respond(503)``, ``Drop()``)
 or None to fall through.  New kinds of fault are a new ``Action`` class plus a
-branch in ``_ProxyHandler._perform``.
+branch in ``_ProxyHandler._perform``.  Besides whole answers, a rule can tamper with
+a body on its way through (``Tamper``: cut or reset the connection after N bytes,
+flip a byte, throttle, stall), answer with an endless body (``Flood``), never answer
+(``Hang``), or forward without some request headers (``Forward(drop=...)``);
+``tests.support.faults`` holds the ready-made fault rules.
+
+Every answer either listener gives is recorded as a ``Served`` (status, body bytes
+actually written, how the body ended, when), so tests can tell exactly which bytes
+of a blob went out and when a retry came.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import select
+import socket
+import struct
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Protocol, Self
 from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
@@ -67,6 +79,7 @@ CDN_RESPONSE_HEADERS = (
     "last-modified",
 )
 CHUNK = 64 * 1024
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
 
 _ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("base", re.compile(r"^/v2/?$")),
@@ -91,10 +104,64 @@ class ProxyRequest:
     kind: str | None  # base, catalog, upload, blob, manifest, tags, cdn-blob; None: other
     repo: str | None
     ref: str | None  # tag/digest, blob digest or upload id
+    at: float = field(default_factory=time.monotonic, compare=False)  # arrival, monotonic
 
     @property
     def has_authorization(self) -> bool:
         return "authorization" in self.headers
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        return parse_qs(urlsplit(self.path).query)
+
+
+@dataclass(frozen=True)
+class BodyPlan:
+    """What to do to one response body on its way to the client.
+
+    Offsets of ``cut_after`` and ``stall_after`` count the bytes of *this* body;
+    ``flip_at`` is an offset in the whole blob (a ranged answer starting past it is left
+    alone), so a corrupt blob stays corrupt however it is fetched.
+    """
+
+    cut_after: int | None = None  # close the connection after this many body bytes
+    reset: bool = False  # with cut_after: a TCP reset (RST) instead of a clean close (FIN)
+    flip_at: int | None = None  # invert the byte at this blob offset
+    bytes_per_s: float | None = None  # throttle the body to this rate
+    stall_after: int | None = None  # send this many body bytes, then nothing
+    stall_s: float = 30.0  # the longest a stall lasts before the connection is closed
+    stalled: threading.Event | None = None  # set when the stall begins
+    release: threading.Event | None = None  # set it to end the stall and send the rest
+
+
+class BodyFault(Protocol):
+    """Decides, once a response is about to be relayed, how to tamper with its body."""
+
+    def plan(self, request: ProxyRequest, status: int, offset: int) -> BodyPlan | None:
+        """The plan for this body (None: pass it through). ``offset`` is where a ranged
+        answer starts in the blob (0 otherwise); only 200 and 206 bodies are offered."""
+        ...
+
+
+Outcome = Literal["complete", "cut", "reset", "stalled", "client-gone"]
+
+
+@dataclass(frozen=True)
+class Served:
+    """One answer a listener gave: status, body bytes written, and how the body ended.
+
+    ``outcome``: complete; cut (closed after ``cut_after``); reset (RST); stalled (closed
+    after a stall timed out); client-gone (the client hung up before the end).
+    ``status`` is 0 when nothing was answered at all (``Hang``).
+    """
+
+    request: ProxyRequest
+    status: int
+    body_bytes: int
+    outcome: Outcome
+    offset: int  # where a ranged body started in the blob
+    started: float  # monotonic, when the status line went out
+    ended: float  # monotonic, when the body ended
 
 
 # -- actions -----------------------------------------------------------------------
@@ -102,9 +169,14 @@ class ProxyRequest:
 
 @dataclass(frozen=True)
 class Forward:
-    """Pass the request to the upstream registry and relay the answer (plus ``headers``)."""
+    """Pass the request to the upstream registry and relay the answer (plus ``headers``).
+
+    ``drop`` names request headers not to pass on (e.g. ``range``: an upstream that
+    ignores Range).
+    """
 
     headers: Mapping[str, str] = field(default_factory=dict)
+    drop: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -139,7 +211,38 @@ class Drop:
     """Close the connection without answering."""
 
 
-Action = Forward | RedirectToCdn | ServeFromCdn | PaginateTags | Respond | Drop
+@dataclass(frozen=True)
+class Hang:
+    """Read the request, then answer nothing: no status line, no headers. The connection
+    is closed when the client gives up, after ``seconds``, or when the proxy stops."""
+
+    seconds: float = 30.0
+    started: threading.Event | None = None  # set when the hang begins
+
+
+@dataclass(frozen=True)
+class Tamper:
+    """Do ``inner`` (by default: what the proxy would do without this rule, CDN checks and
+    redirects included) but let ``fault`` tamper with the 200/206 body it relays."""
+
+    fault: BodyFault
+    inner: Forward | RedirectToCdn | ServeFromCdn | None = None
+
+
+@dataclass(frozen=True)
+class Flood:
+    """Answer ``status`` with a generated body of ``size`` bytes (never held in memory),
+    stopping early when the client hangs up: a megabytes-long error page."""
+
+    status: int
+    size: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    fill: bytes = b"<p>error</p>\n"
+
+
+Action = (
+    Forward | RedirectToCdn | ServeFromCdn | PaginateTags | Respond | Drop | Tamper | Flood | Hang
+)
 Rule = Callable[[ProxyRequest], Action | None]
 
 
@@ -153,6 +256,119 @@ class _QuietServer(ThreadingHTTPServer):
         exc = sys.exc_info()[1]
         if not isinstance(exc, ConnectionError | TimeoutError):
             super().handle_error(request, client_address)
+
+
+class _ConnectionReset(ConnectionResetError):
+    """Raised after the proxy reset a connection on purpose, to end its handler quietly."""
+
+
+def _range_start(content_range: str | None) -> int:
+    match = _CONTENT_RANGE.match(content_range or "")
+    return int(match.group(1)) if match else 0
+
+
+class _BodyWriter:
+    """Writes one response body to the client, applying a ``BodyPlan`` (if any).
+
+    Counts the bytes it hands to the socket; a client that hangs up ends the body
+    ("client-gone") instead of raising.
+    """
+
+    def __init__(
+        self, handler: _ProxyHandler, *, chunked: bool, plan: BodyPlan | None, offset: int
+    ) -> None:
+        self.handler = handler
+        self.chunked = chunked
+        self.plan = plan
+        self.offset = offset
+        self.sent = 0
+        self._began = time.monotonic()
+
+    def send(self, chunks: Iterator[bytes]) -> Outcome:
+        try:
+            return self._send(chunks)
+        except (ConnectionError, TimeoutError):
+            self.handler.close_connection = True
+            return "client-gone"
+
+    def _send(self, chunks: Iterator[bytes]) -> Outcome:
+        plan = self.plan
+        stall_pending = plan is not None and plan.stall_after is not None
+        for data in chunks:
+            if not data:
+                continue
+            if plan is not None and plan.flip_at is not None:
+                at = plan.flip_at - self.offset - self.sent
+                if 0 <= at < len(data):
+                    data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+            while data:
+                boundaries = []
+                if plan is not None and plan.cut_after is not None:
+                    boundaries.append(plan.cut_after)
+                if stall_pending and plan is not None and plan.stall_after is not None:
+                    boundaries.append(plan.stall_after)
+                boundary = min(boundaries) if boundaries else None
+                if boundary is None or self.sent + len(data) < boundary:
+                    self._emit(data)
+                    break
+                head, data = data[: boundary - self.sent], data[boundary - self.sent :]
+                self._emit(head)
+                assert plan is not None
+                if plan.cut_after is not None and boundary == plan.cut_after:
+                    return self._cut(plan.reset)
+                stall_pending = False
+                outcome = self._stall(plan)
+                if outcome != "complete":
+                    self.handler.close_connection = True
+                    return outcome
+        if self.chunked:
+            self._write(b"0\r\n\r\n")
+        return "complete"
+
+    def _emit(self, data: bytes) -> None:
+        rate = self.plan.bytes_per_s if self.plan is not None else None
+        if not rate:
+            self._write_body(data)
+            return
+        piece = max(1, int(rate / 50))  # about 50 writes a second
+        for start in range(0, len(data), piece):
+            self._write_body(data[start : start + piece])
+            due = self._began + self.sent / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+    def _write_body(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.chunked:
+            self._write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self._write(data)
+        self.sent += len(data)
+
+    def _write(self, data: bytes) -> None:
+        self.handler.wfile.write(data)
+
+    def _cut(self, reset: bool) -> Outcome:
+        handler = self.handler
+        handler.close_connection = True
+        if not reset:
+            return "cut"  # the server closes the connection cleanly (FIN) after the handler
+        # SO_LINGER 0 makes close() send RST; the handler's file objects hold the socket
+        # open until they are closed too.
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        handler.rfile.close()
+        handler.wfile.close()
+        handler.connection.close()
+        return "reset"
+
+    def _stall(self, plan: BodyPlan) -> Outcome:
+        """Send nothing until released, the client hangs up, the stall ends or the proxy
+        stops. "complete" means released: send the rest."""
+        if plan.stalled is not None:
+            plan.stalled.set()
+        return self.handler._wait_quietly(plan.stall_s, plan.release)
 
 
 def _classify(path: str) -> tuple[str | None, str | None, str | None]:
@@ -193,6 +409,8 @@ class RegistryProxy:
         self._cdn_requests: list[ProxyRequest] = []
         self._cdn_rejected: list[ProxyRequest] = []
         self._redirects: list[ProxyRequest] = []
+        self._served: list[Served] = []
+        self.stopping = threading.Event()  # ends stalls when the proxy stops
         self.upstream = http_client(
             timeout=timeout,
             follow_redirects=False,
@@ -243,6 +461,7 @@ class RegistryProxy:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()
         servers, self._servers = self._servers, {}
         for server in servers.values():
             server.shutdown()
@@ -284,8 +503,16 @@ class RegistryProxy:
                 self._cdn_requests.append(request)
         for rule in rules:
             action = rule(request)
+            if isinstance(action, Tamper) and action.inner is None:
+                default = self._default_action(request)
+                if isinstance(default, Forward | RedirectToCdn | ServeFromCdn):
+                    return Tamper(action.fault, default)
+                return default  # a refusal (or a tags page) is answered as usual
             if action is not None:
                 return action
+        return self._default_action(request)
+
+    def _default_action(self, request: ProxyRequest) -> Action:
         if request.listener == "cdn":
             if request.has_authorization:
                 with self._lock:
@@ -314,6 +541,10 @@ class RegistryProxy:
         with self._lock:
             self._redirects.append(request)
 
+    def _note_served(self, served: Served) -> None:
+        with self._lock:
+            self._served.append(served)
+
     def cdn_location(self, repo: str, digest: str) -> str:
         return f"{self.cdn_url}/blobs/{digest}?repo={quote(repo, safe='')}"
 
@@ -339,6 +570,11 @@ class RegistryProxy:
         with self._lock:
             return list(self._redirects)
 
+    def served(self) -> list[Served]:
+        """Every answer either listener gave (or began), in the order they ended."""
+        with self._lock:
+            return list(self._served)
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             return {
@@ -357,6 +593,7 @@ class RegistryProxy:
                 self._redirects,
             ):
                 records.clear()
+            self._served.clear()
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):
@@ -434,23 +671,91 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     # -- responses -------------------------------------------------------------
 
-    def _respond(self, action: Respond) -> None:
+    def _record(
+        self,
+        request: ProxyRequest,
+        status: int,
+        body_bytes: int,
+        outcome: Outcome,
+        started: float,
+        offset: int = 0,
+    ) -> None:
+        self.proxy._note_served(
+            Served(request, status, body_bytes, outcome, offset, started, time.monotonic())
+        )
+
+    def _wait_quietly(self, seconds: float, release: threading.Event | None = None) -> Outcome:
+        """Send nothing until ``release`` is set ("complete"), the client hangs up
+        ("client-gone"), ``seconds`` pass or the proxy stops ("stalled")."""
+        deadline = time.monotonic() + seconds
+        sock = self.connection
+        stopping = self.proxy.stopping
+        while True:
+            if release is not None and release.is_set():
+                return "complete"
+            left = deadline - time.monotonic()
+            if left <= 0 or stopping.is_set():
+                return "stalled"
+            readable, _, _ = select.select([sock], [], [], min(0.02, left))
+            if readable:
+                try:
+                    peeked = sock.recv(1, socket.MSG_PEEK)
+                except OSError:
+                    return "client-gone"
+                if not peeked:
+                    return "client-gone"  # the client timed out and closed
+                time.sleep(0.02)
+
+    def _respond(self, action: Respond, request: ProxyRequest) -> None:
         self._drain()
+        started = time.monotonic()
         self.send_response(action.status)
         for name, value in action.headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(action.body)))
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(action.body)
+        if self.command == "HEAD":
+            self._record(request, action.status, 0, "complete", started)
+            return
+        writer = _BodyWriter(self, chunked=False, plan=None, offset=0)
+        body = action.body
+        outcome = writer.send(iter([body[i : i + CHUNK] for i in range(0, len(body), CHUNK)]))
+        self._record(request, action.status, writer.sent, outcome, started)
+
+    def _flood(self, action: Flood, request: ProxyRequest) -> None:
+        self._drain()
+        started = time.monotonic()
+        self.send_response(action.status)
+        for name, value in action.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(action.size))
+        self.end_headers()
+        if self.command == "HEAD":
+            self._record(request, action.status, 0, "complete", started)
+            return
+        block = (action.fill * (CHUNK // max(1, len(action.fill)) + 1))[:CHUNK]
+        writer = _BodyWriter(self, chunked=False, plan=None, offset=0)
+
+        def blocks() -> Iterator[bytes]:
+            left = action.size
+            while left > 0:
+                yield block[: min(left, CHUNK)]
+                left -= CHUNK
+
+        outcome = writer.send(blocks())
+        self._record(request, action.status, writer.sent, outcome, started)
 
     def _relay(
         self,
         upstream: httpx.Response,
+        request: ProxyRequest,
         allowed: Sequence[str] | None = None,
         extra: Mapping[str, str] | None = None,
+        fault: BodyFault | None = None,
     ) -> None:
-        """Send ``upstream``'s status, headers (and ``extra``) and streamed body to the client."""
+        """Send ``upstream``'s status, headers (and ``extra``) and streamed body to the client,
+        letting ``fault`` tamper with a 200/206 body."""
+        started = time.monotonic()
         self.send_response_only(upstream.status_code, upstream.reason_phrase)
         for name, value in (extra or {}).items():
             self.send_header(name, value)
@@ -466,22 +771,29 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if chunked:
             self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        offset = _range_start(upstream.headers.get("content-range"))
         if bodiless:
+            self._record(request, upstream.status_code, 0, "complete", started, offset)
             return
-        for data in upstream.iter_raw(CHUNK):
-            if not data:
-                continue
-            if chunked:
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-            else:
-                self.wfile.write(data)
-        if chunked:
-            self.wfile.write(b"0\r\n\r\n")
+        plan = None
+        if fault is not None and upstream.status_code in (200, 206):
+            plan = fault.plan(request, upstream.status_code, offset)
+        writer = _BodyWriter(self, chunked=chunked, plan=plan, offset=offset)
+        outcome = writer.send(upstream.iter_raw(CHUNK))
+        self._record(request, upstream.status_code, writer.sent, outcome, started, offset)
+        if outcome == "reset":
+            raise _ConnectionReset("connection reset by the proxy on purpose")
 
     def _send_upstream(
-        self, method: str, url: str, headers: list[tuple[str, str]], with_body: bool
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        with_body: bool,
+        for_request: ProxyRequest | None = None,
     ) -> httpx.Response | None:
-        """Open a streamed upstream response, or answer 502 and return None."""
+        """Open a streamed upstream response, or answer 502 (recorded as served for
+        ``for_request``) and return None."""
         client = self.proxy.upstream
         content: Iterator[bytes] | None = self._body_chunks() if with_body else None
         request = client.build_request(method, url, headers=headers, content=content)
@@ -494,6 +806,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         except httpx.HTTPError as exc:
             self.close_connection = True
             body = f"proxy: upstream failed: {exc!r}".encode()
+            started = time.monotonic()
             self.send_response(502)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
@@ -501,6 +814,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
+            if for_request is not None:
+                written = 0 if self.command == "HEAD" else len(body)
+                self._record(for_request, 502, written, "complete", started)
             return None
 
     def _forward_headers(self) -> list[tuple[str, str]]:
@@ -514,12 +830,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             f"{self.proxy.upstream_url}/v2/{request.repo}/tags/list",
             self._forward_headers(),
             with_body=False,
+            for_request=request,
         )
         if upstream is None:
             return
         try:
             if upstream.status_code != 200:
-                self._relay(upstream)
+                self._relay(upstream, request)
                 return
             all_tags = sorted(json.loads(upstream.read()).get("tags") or [])
         finally:
@@ -539,39 +856,58 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _perform(self, action: Action, request: ProxyRequest) -> None:
+    def _perform(
+        self, action: Action, request: ProxyRequest, fault: BodyFault | None = None
+    ) -> None:
         proxy = self.proxy
         match action:
             case Respond():
-                self._respond(action)
+                self._respond(action, request)
             case Drop():
                 self.close_connection = True
+            case Hang(seconds=seconds, started=hang_started):
+                self._drain()
+                began = time.monotonic()
+                if hang_started is not None:
+                    hang_started.set()
+                outcome = self._wait_quietly(seconds)
+                self.close_connection = True
+                self._record(request, 0, 0, outcome, began)
+            case Tamper(fault=body_fault, inner=inner):
+                self._perform(inner or Forward(), request, body_fault)
+            case Flood():
+                self._flood(action, request)
             case Forward() | RedirectToCdn():
+                dropped = action.drop if isinstance(action, Forward) else frozenset()
                 upstream = self._send_upstream(
                     self.command,
                     proxy.upstream_url + self.path,
-                    self._forward_headers(),
+                    [(k, v) for k, v in self._forward_headers() if k.lower() not in dropped],
                     with_body=self._has_body(),
+                    for_request=request,
                 )
                 if upstream is None:
                     return
                 try:
+                    # Docker Hub redirects ranged blob GETs to its CDN as well.
                     redirect = (
                         isinstance(action, RedirectToCdn)
-                        and upstream.status_code == 200
+                        and upstream.status_code in (200, 206)
                         and request.repo is not None
                         and request.ref is not None
                     )
                     if redirect:
                         assert request.repo is not None and request.ref is not None
                         proxy._note_redirect(request)
+                        started = time.monotonic()
                         self.send_response(307)
                         self.send_header("Location", proxy.cdn_location(request.repo, request.ref))
                         self.send_header("Content-Length", "0")
                         self.end_headers()
+                        self._record(request, 307, 0, "complete", started)
                     else:
                         extra = action.headers if isinstance(action, Forward) else None
-                        self._relay(upstream, extra=extra)
+                        self._relay(upstream, request, extra=extra, fault=fault)
                 finally:
                     upstream.close()
             case PaginateTags(page_size=page_size):
@@ -590,10 +926,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                     f"{proxy.upstream_url}/v2/{request.repo}/blobs/{request.ref}",
                     headers,
                     with_body=False,
+                    for_request=request,
                 )
                 if upstream is None:
                     return
                 try:
-                    self._relay(upstream, allowed=CDN_RESPONSE_HEADERS)
+                    self._relay(upstream, request, allowed=CDN_RESPONSE_HEADERS, fault=fault)
                 finally:
                     upstream.close()

@@ -6,7 +6,8 @@ self-signed certificate (written to ``cert_path`` for the registry's
 the libtrust ``kid`` distribution looks keys up by, optionally ``x5c`` too), the
 ``GET /token`` endpoint (``service``, repeated ``scope``, Basic auth) plus the
 OAuth2 ``POST /token`` password grant, and a record of every token request so tests
-can count fetches.
+can count fetches (and of every token handed out over HTTP, so tests can search
+logs for them).
 
 Policy: a user with the right password gets the requested ``pull``/``push``
 actions; anonymous callers get ``pull`` only; a wrong password is a 401 with
@@ -108,9 +109,9 @@ class TokenRequest:
 class TokenServer:
     """The token endpoint at ``realm`` (``http://127.0.0.1:PORT/token``).
 
-    Attributes ``lifetime_s``, ``response_fields`` and ``exp_claim_offset_s`` may be
-    changed while running; ``reset()`` restores the construction values and forgets
-    recorded requests.
+    Attributes ``lifetime_s``, ``response_fields``, ``exp_claim_offset_s`` and
+    ``answer_html`` may be changed while running; ``reset()`` restores the construction
+    values and forgets recorded requests and issued tokens.
     """
 
     def __init__(
@@ -124,6 +125,7 @@ class TokenServer:
         algorithm: Algorithm = "ES256",
         include_x5c: bool = False,
         exp_claim_offset_s: int = 0,
+        answer_html: bool = False,
         workdir: Path | None = None,
     ) -> None:
         self.users: dict[str, str] = dict(DEFAULT_USERS if users is None else users)
@@ -131,13 +133,16 @@ class TokenServer:
         self.issuer = issuer
         self.algorithm: Algorithm = algorithm
         self.include_x5c = include_x5c
-        self._defaults = (lifetime_s, response_fields, exp_claim_offset_s)
+        self._defaults = (lifetime_s, response_fields, exp_claim_offset_s, answer_html)
         self.lifetime_s = lifetime_s
         self.response_fields: ResponseFields = response_fields
         # Added to the JWT's ``exp`` only (not to ``expires_in``).  distribution
         # accepts tokens up to 60 s after ``exp``; a test that needs the registry to
         # reject a token after N seconds sets lifetime_s=N and this to -61.
         self.exp_claim_offset_s = exp_claim_offset_s
+        # A broken token endpoint (a captive portal, a proxy's error page): every token
+        # request, good password or not, gets 200 with an HTML page instead of JSON.
+        self.answer_html = answer_html
         self._owns_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="tokensrv-"))
         self.cert_path = self.workdir / "token-cert.pem"
@@ -151,6 +156,7 @@ class TokenServer:
         self.cert_path.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
         self._lock = threading.Lock()
         self._requests: list[TokenRequest] = []
+        self._issued: list[str] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -228,10 +234,16 @@ class TokenServer:
         self.close()
 
     def reset(self) -> None:
-        """Restore construction-time options and forget recorded requests."""
-        self.lifetime_s, self.response_fields, self.exp_claim_offset_s = self._defaults
+        """Restore construction-time options; forget recorded requests and issued tokens."""
+        (
+            self.lifetime_s,
+            self.response_fields,
+            self.exp_claim_offset_s,
+            self.answer_html,
+        ) = self._defaults
         with self._lock:
             self._requests.clear()
+            self._issued.clear()
 
     # -- records ---------------------------------------------------------------
 
@@ -243,6 +255,12 @@ class TokenServer:
     def clear_requests(self) -> None:
         with self._lock:
             self._requests.clear()
+
+    def issued_tokens(self) -> list[str]:
+        """Every token the endpoint handed out over HTTP since the last ``reset()``
+        (not those minted directly with ``issue_token``), oldest first."""
+        with self._lock:
+            return list(self._issued)
 
     def _record(self, request: TokenRequest) -> None:
         with self._lock:
@@ -317,8 +335,10 @@ class TokenServer:
         return signing_input.decode("ascii") + "." + b64url(signature)
 
     def token_response(self, scopes: Sequence[str], user: str | None) -> dict[str, Any]:
-        """The JSON body the endpoint answers with."""
+        """The JSON body the endpoint answers with (its token is recorded as issued)."""
         token = self._sign(self._claims(scopes, user))
+        with self._lock:
+            self._issued.append(token)
         body: dict[str, Any] = {
             "expires_in": self.lifetime_s,
             "issued_at": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
@@ -384,6 +404,15 @@ class _TokenHandler(BaseHTTPRequestHandler):
         self, scopes: list[str], service: str | None, creds: tuple[str, str] | None
     ) -> None:
         owner = self.owner
+        if owner.answer_html:
+            owner._record(TokenRequest(self.command, tuple(scopes), None, service, 200))
+            page = b"<!DOCTYPE html><html><body><h1>Sign in to continue</h1></body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
         user: str | None = None
         if creds is not None:
             if not owner.check_password(*creds):
