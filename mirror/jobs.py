@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
-import structlog
 
 from mirror.auth import Credentials, docker_credentials
 from mirror.config import Config, MirrorEntry
@@ -35,7 +34,6 @@ REPOSITORIES_IN_FLIGHT = 4  # a namespace entry syncs this many repositories at 
 EVERY_TAG = TagRules()
 
 Outcome = Literal["success", "partial", "failed"]
-log = structlog.get_logger("mirror")
 
 
 class Clients:
@@ -226,6 +224,9 @@ async def run_entry(
         error = str(exc)
     seconds = time.monotonic() - started
 
+    import structlog  # here, not at the top: `mirror sync REF` never logs, and starts faster
+
+    log = structlog.get_logger("mirror")
     for tag in report.tags:
         if tag.status == "copied":
             log.info(
