@@ -34,6 +34,13 @@ REPOSITORIES_IN_FLIGHT = 4  # a namespace entry syncs this many repositories at 
 EVERY_TAG = TagRules()
 
 Outcome = Literal["success", "partial", "failed"]
+# One log line per tag that moved, would move, failed or was deferred: (level, event).
+_TAG_EVENTS = {
+    "copied": ("info", "tag synced"),
+    "planned": ("info", "tag would sync"),
+    "failed": ("error", "tag failed"),
+    "deferred": ("warning", "tag deferred"),
+}
 
 
 class Clients:
@@ -228,28 +235,17 @@ async def run_entry(
 
     log = structlog.get_logger("mirror")
     for tag in report.tags:
-        if tag.status == "copied":
-            log.info(
-                "tag synced",
-                job=job,
-                source=tag.source,
-                target=tag.target,
-                digest=tag.digest,
-                blobs=tag.blobs_missing,
-                bytes=tag.bytes_missing,
-            )
-        elif tag.status == "planned":
-            log.info(
-                "tag would sync",
-                job=job,
-                source=tag.source,
-                target=tag.target,
-                digest=tag.digest,
-                blobs=tag.blobs_missing,
-                bytes=tag.bytes_missing,
-            )
-        elif tag.status == "failed":
-            log.error("tag failed", job=job, source=tag.source, target=tag.target, error=tag.error)
+        if tag.status == "skipped":
+            continue  # in step: no line, or a no-op run over 2,000 tags writes 2,000 of them
+        level, event = _TAG_EVENTS[tag.status]
+        fields: dict[str, Any] = {"job": job, "source": tag.source, "target": tag.target}
+        if tag.status in ("copied", "planned"):
+            fields |= {"digest": tag.digest, "blobs": tag.blobs_missing, "bytes": tag.bytes_missing}
+            if tag.source_digest:
+                fields["source_digest"] = tag.source_digest
+        else:
+            fields["error" if tag.status == "failed" else "reason"] = tag.error
+        getattr(log, level)(event, **fields)
     if error is not None or (report.tags_failed and report.tags_failed == report.tags_checked):
         outcome: Outcome = "failed"
     elif report.tags_failed:

@@ -211,3 +211,35 @@ def test_plan_shows_each_tags_action_cost_and_the_quota_left(
         "reserve": 1,
     }
     assert [e for e in local.requests_since(since) if e.method in ("PUT", "POST")] == []
+
+
+def test_sync_all_logs_each_deferred_tag(
+    tmp_path: Path,
+    hub: HubRegistry,
+    hub_pusher: Pusher,
+    local: RegistryProcess,
+    unique_repo: str,
+    make_proxy: Callable[..., RegistryProxy],
+) -> None:
+    import json
+
+    push_versions(hub_pusher, unique_repo)
+    proxy = limited_hub(hub, make_proxy, PullLimit(limit=3))
+    config = tmp_path / "all.toml"
+    config.write_text(
+        f'target = "{local.host}"\n'
+        f'[registries."{proxy.host}"]\nusername = "{HUB_USER}"\npassword_env = "HUB_PW"\n'
+        f'[[mirrors]]\nsource = "{proxy.host}/{unique_repo}"\n'
+    )
+
+    run = run_mirror(
+        "sync", "--all", "--config", str(config), home=tmp_path, env={"HUB_PW": HUB_PASSWORD}
+    )
+
+    assert run.code == 3, run.stdout + run.stderr
+    events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    deferred = [e for e in events if e["event"] == "tag deferred"]
+    assert len(deferred) == 3 and all("pull budget" in e["reason"] for e in deferred)
+    assert len([e for e in events if e["event"] == "tag synced"]) == 3
+    (job_run,) = [e for e in events if e["event"] == "job run"]
+    assert job_run["tags_deferred"] == 3 and job_run["outcome"] == "success"
