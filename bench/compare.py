@@ -553,6 +553,21 @@ def traffic_metrics(
     def count(entries: list[LogEntry], pred: Callable[[LogEntry], bool]) -> int:
         return sum(1 for e in entries if pred(e))
 
+    def breakdown(entries: list[LogEntry]) -> dict[str, int]:
+        """Requests by method, kind of endpoint and status, e.g. ``HEAD blobs 404``."""
+        kinds: dict[str, int] = {}
+        for e in entries:
+            route = e.route
+            kind = next(
+                (k for k in ("manifests", "uploads", "blobs", "tags") if f"/{k}/" in route),
+                "ping" if route.rstrip("/") == "/v2" else "other",
+            )
+            if kind == "uploads" and e.method == "POST" and "mount" in e.query:
+                kind = "uploads?mount"
+            key = f"{e.method} {kind} {e.status}"
+            kinds[key] = kinds.get(key, 0) + 1
+        return dict(sorted(kinds.items()))
+
     uploads = completed_uploads(downstream)
     sizes = []
     for digest in uploads:
@@ -583,6 +598,8 @@ def traffic_metrics(
         "blobs_uploaded": len(uploads),
         "blobs_mounted": completed_mounts(downstream),
         "bytes_moved": sum(sizes),
+        "upstream_breakdown": breakdown(upstream),
+        "target_breakdown": breakdown(downstream),
     }
 
 
