@@ -737,14 +737,16 @@ class Copier:
     ) -> _T:
         """Run ``fn(*args)`` once per key per run; concurrent callers share the one task.
 
-        A failed task is forgotten so that a later tag may try again.
+        A failed task is forgotten so that a later tag may try again. Not shielded: a caller
+        is cancelled only when the whole run is (SIGTERM), and then the shared work must stop
+        too, not outlive the clients it uses.
         """
         task = tasks.get(key)
         if task is None:
             task = asyncio.ensure_future(fn(*args))
             tasks[key] = task
         try:
-            return await asyncio.shield(task)
+            return await task
         except Exception:
             if tasks.get(key) is task and task.done():
                 del tasks[key]
