@@ -539,13 +539,16 @@ class Registry:
         error page of megabytes is cut), transport failures mapped to Unavailable."""
         request = self._http.build_request(method, url, **kwargs)
         try:
-            response = await self._http.send(
-                request, stream=True, follow_redirects=follow_redirects
-            )
-            try:
-                body = await _read_capped(response, MAX_ERROR_BODY_BYTES, "response", trim=True)
-            finally:
-                await response.aclose()
+            async with self._slots:  # queue here, not in httpcore's pool (see MAX_CONNECTIONS)
+                response = await self._http.send(
+                    request, stream=True, follow_redirects=follow_redirects
+                )
+                try:
+                    body = await _read_capped(
+                        response, MAX_ERROR_BODY_BYTES, "response", trim=True
+                    )
+                finally:
+                    await response.aclose()
         except httpx.TransportError as exc:
             raise self._unreachable(method, url, exc) from None
         except httpx.StreamConsumed:
