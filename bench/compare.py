@@ -20,11 +20,13 @@ Debian's ``skopeo`` package, and without it only mirror runs)::
 
     .venv/bin/python bench/compare.py [--scenario repo|large|scale|all] [--runs N]
                                       [--large-runs N] [--quick] [--out FILE]
-                                      [--mirror-src live|snapshot|head]
+                                      [--mirror-src live|snapshot|head|git:REV]
+                                      [--tools mirror,skopeo] [--wait-quiet S]
 
 ``--quick`` is a smoke run (small layers, 64 MiB large layer, 20 x 10 scale, 1 run each).
 ``--mirror-src snapshot`` copies ``mirror/`` aside when the benchmark starts, so edits made
-while it runs do not change what is measured (``head``: the last commit instead).
+while it runs do not change what is measured (``head`` or ``git:REV``: that commit's
+``mirror/``); the results record which source every run imported.
 
 How each figure is obtained (per tool run, a tool run being one process):
 
@@ -37,8 +39,15 @@ How each figure is obtained (per tool run, a tool run being one process):
   201 in its access log), the size of that blob in the target's storage, summed (a blob
   uploaded twice counts twice; a cross-repository mount counts 0 bytes and is reported as a
   mount); MB/s = bytes moved / wall (MB = 10^6 bytes);
+- CPU seconds: the tool's own (user + system, from the kernel's accounting of the reaped
+  process), the two registries' (from /proc), and other processes' on the machine (from
+  /proc, this harness and its children excluded). On a shared 2-core machine the last one
+  says whether a run was disturbed: runs where others used over 15 % of the machine are
+  flagged NOISY in the notes, and a "quiet runs" median leaves them out. Before each run
+  the harness waits (``--wait-quiet``, default up to 60 s) for the machine to settle;
 - after every run both registries' tags and digests are compared (the target must equal
-  the upstream), outside the timed window.
+  the upstream), outside the timed window; after the first run of ``repo`` every blob is
+  read back and checked. Tools run with their throwaway HOME as the working directory.
 
 Medians over runs are printed with the ratio mirror/skopeo; ``--out`` (default
 ``bench/results.json``) gets every run's figures, mirror's own ``--json`` report, and the
@@ -407,7 +416,9 @@ class Bench:
         tokens_before = len(self.tokens.requests())
         quiet = self.wait_quiet()
         with CpuAccount(self.hub, target) as cpu:
-            measured = run_measured(argv, env, timeout_s=timeout_s)
+            # cwd is the throwaway home: ``python -m`` puts the cwd first on sys.path, and from
+            # the checkout that would import its live mirror/ instead of the one chosen.
+            measured = run_measured(argv, env, timeout_s=timeout_s, cwd=Path(env["HOME"]))
         upstream = log_entries(self.hub, hub_mark)
         downstream = log_entries(target, target_mark)
         token_requests = len(self.tokens.requests()) - tokens_before
@@ -756,7 +767,10 @@ def curl_pipe(
     quiet = bench.wait_quiet()
     with CpuAccount(bench.hub, target) as cpu:
         measured = run_measured(
-            ["bash", "-o", "pipefail", "-c", script], env, timeout_s=TIMEOUT_S["large"]
+            ["bash", "-o", "pipefail", "-c", script],
+            env,
+            timeout_s=TIMEOUT_S["large"],
+            cwd=bench.scratch,
         )
     metrics = traffic_metrics(
         log_entries(bench.hub, hub_mark), log_entries(target, target_mark), target
@@ -1054,22 +1068,45 @@ def prepare_mirror(mode: str, scratch: Path) -> tuple[list[str], dict[str, str],
     if mode == "live":
         meta["source"] = str(ROOT / "mirror")
         meta["fingerprint"] = source_fingerprint(ROOT / "mirror")
-        return mirror_argv(), {}, meta
-    src = scratch / "mirror-src"
-    src.mkdir()
-    if mode == "snapshot":
-        shutil.copytree(
-            ROOT / "mirror", src / "mirror", ignore=shutil.ignore_patterns("__pycache__")
-        )
+        command, extra_env, package = mirror_argv(), {}, ROOT / "mirror"
     else:
-        archive = subprocess.run(
-            [*git, "archive", "HEAD", "mirror"], capture_output=True, check=True
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(src / "mirror")], check=True)
-    meta["source"] = f"{mode} of {ROOT / 'mirror'}"
-    meta["fingerprint"] = source_fingerprint(src / "mirror")
-    return [sys.executable, "-m", "mirror"], {"PYTHONPATH": str(src)}, meta
+        src = scratch / "mirror-src"
+        src.mkdir()
+        if mode == "snapshot":
+            shutil.copytree(
+                ROOT / "mirror", src / "mirror", ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:
+            rev = "HEAD" if mode == "head" else mode.removeprefix("git:")
+            meta["git_rev"] = subprocess.run(
+                [*git, "rev-parse", "--short", rev], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            archive = subprocess.run(
+                [*git, "archive", rev, "mirror"], capture_output=True, check=True
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(src / "mirror")], check=True)
+        meta["source"] = f"{mode} of {ROOT / 'mirror'}"
+        meta["fingerprint"] = source_fingerprint(src / "mirror")
+        command, extra_env, package = (
+            [sys.executable, "-m", "mirror"],
+            {"PYTHONPATH": str(src)},
+            src / "mirror",
+        )
+    # Check which mirror a run really imports (from a neutral cwd, as the runs are started).
+    probe = subprocess.run(
+        [sys.executable, "-c", "import mirror; print(mirror.__file__)"],
+        env=clean_env(scratch, **extra_env),
+        cwd=scratch,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    imported = Path(probe.stdout.strip()).parent
+    if imported != package:
+        raise SystemExit(f"runs would import mirror from {imported}, not {package}")
+    meta["imported_from"] = str(imported)
+    return command, extra_env, meta
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -1083,7 +1120,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--tools", default="mirror,skopeo", help="comma-separated subset")
-    parser.add_argument("--mirror-src", choices=["live", "snapshot", "head"], default="live")
+    parser.add_argument(
+        "--mirror-src",
+        default="live",
+        metavar="live|snapshot|head|git:REV",
+        help="which mirror/ to run: the checkout as it is (default), a copy taken at start, "
+        "or a commit",
+    )
     parser.add_argument(
         "--wait-quiet",
         type=float,
@@ -1093,6 +1136,10 @@ def main(argv: list[str] | None = None) -> int:
         f"under {QUIET_BUSY_PCT:.0f}%% busy (default 60)",
     )
     args = parser.parse_args(argv)
+    if args.mirror_src not in ("live", "snapshot", "head") and not args.mirror_src.startswith(
+        "git:"
+    ):
+        parser.error("--mirror-src: live, snapshot, head or git:REV")
 
     sizes = Sizes.quick() if args.quick else Sizes.full()
     runs = args.runs or (1 if args.quick else 3)
