@@ -690,41 +690,21 @@ class Copier:
     ) -> AsyncIterator[bytes]:
         """Pass chunks through, hashing them; the last chunk is held back until the digest and
         size are known good, so a bad blob never completes its upload."""
-        hasher = blob.digest.hasher()
-        progress = self.progress
-        received = 0
+        feed = _Feed(blob, self.progress)
         held: bytes | None = None
-        if progress:
-            progress.blob_started(blob.digest, blob.size)
         try:
             async for chunk in chunks:
-                received += len(chunk)
-                if received > blob.size:
-                    raise DigestMismatch(
-                        f"blob {blob.digest}", blob.digest, f"more than {blob.size} bytes"
-                    )
-                hasher.update(chunk)
+                feed.add(chunk)
                 if held is not None:
                     yield held
-                    if progress:
-                        progress.blob_advanced(blob.digest, len(held))
+                    feed.advanced(len(held))
                 held = chunk
-            actual = f"{blob.digest.algorithm}:{hasher.hexdigest()}"
-            if received != blob.size or actual != blob.digest:
-                raise DigestMismatch(
-                    f"blob {blob.digest}",
-                    blob.digest,
-                    actual
-                    if received == blob.size
-                    else f"{received} bytes where the manifest says {blob.size}",
-                )
+            feed.check()
             if held is not None:
                 yield held
-                if progress:
-                    progress.blob_advanced(blob.digest, len(held))
+                feed.advanced(len(held))
         finally:
-            if progress:
-                progress.blob_finished(blob.digest)
+            feed.close()
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -772,19 +752,25 @@ class _Feed:
         self.broken = None
         try:
             async for chunk in chunks:
-                if self.received + len(chunk) > self.blob.size:
-                    raise DigestMismatch(
-                        f"blob {self.blob.digest}",
-                        self.blob.digest,
-                        f"more than {self.blob.size} bytes",
-                    )
-                self.hasher.update(chunk)
-                self.received += len(chunk)
+                self.add(chunk)
                 yield chunk
-                if self._progress:
-                    self._progress.blob_advanced(self.blob.digest, len(chunk))
+                self.advanced(len(chunk))
         except Unavailable as exc:
             self.broken = exc
+
+    def add(self, chunk: bytes) -> None:
+        """Count and hash ``chunk``; more bytes than the descriptor says is a mismatch."""
+        if self.received + len(chunk) > self.blob.size:
+            raise DigestMismatch(
+                f"blob {self.blob.digest}", self.blob.digest, f"more than {self.blob.size} bytes"
+            )
+        self.hasher.update(chunk)
+        self.received += len(chunk)
+
+    def advanced(self, nbytes: int) -> None:
+        """``nbytes`` have gone up: tell the progress display."""
+        if self._progress:
+            self._progress.blob_advanced(self.blob.digest, nbytes)
 
     def check(self) -> None:
         """Raise DigestMismatch unless exactly the right bytes came."""

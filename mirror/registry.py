@@ -487,28 +487,19 @@ class Registry:
             kind, reason = RegistryError, "request refused"
         detail = f": {details}" if details else ""
         code_text = f" [{', '.join(codes)}]" if codes else ""
+        retry_after = _retry_after(response.headers.get("Retry-After"))
+        extra: dict[str, Any] = {}
         if kind is RateLimited:
             quota = RateLimit.from_headers(response.headers)
             spent = quota is not None and quota.remaining <= 0
-            if spent and "TOOMANYREQUESTS" not in codes:
-                reason = "pull rate limit reached"
-            retry_after = _retry_after(response.headers.get("Retry-After"))
+            extra["quota_spent"] = spent
             if spent or "TOOMANYREQUESTS" in codes:
+                reason = "pull rate limit reached"
                 self.budget.block(retry_after)  # no more GETs here, for every job
             else:
-                # The abuse limit: every request to this registry waits, not just this one.
+                # The abuse limit: every streamed request to this registry waits too.
                 pause = min(retry_after or ABUSE_BACKOFF_S, MAX_RETRY_WAIT_S)
                 self._paused_until = max(self._paused_until, time.monotonic() + pause)
-            return RateLimited(
-                f"registry {self.name}: {what}: {reason} (HTTP {status}{code_text}, {method} "
-                f"{url}){detail}",
-                quota_spent=spent,
-                method=method,
-                url=url,
-                status=status,
-                codes=codes,
-                retry_after=_retry_after(response.headers.get("Retry-After")),
-            )
         return kind(
             f"registry {self.name}: {what}: {reason} (HTTP {status}{code_text}, {method} {url})"
             f"{detail}",
@@ -516,7 +507,8 @@ class Registry:
             url=url,
             status=status,
             codes=codes,
-            retry_after=_retry_after(response.headers.get("Retry-After")),
+            retry_after=retry_after,
+            **extra,
         )
 
     def _unreachable(self, method: str, url: httpx.URL | str, exc: httpx.HTTPError) -> Unavailable:
@@ -544,9 +536,7 @@ class Registry:
                     request, stream=True, follow_redirects=follow_redirects
                 )
                 try:
-                    body = await _read_capped(
-                        response, MAX_ERROR_BODY_BYTES, "response", trim=True
-                    )
+                    body = await _read_capped(response, MAX_ERROR_BODY_BYTES, "response", trim=True)
                 finally:
                     await response.aclose()
         except httpx.TransportError as exc:
