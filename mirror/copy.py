@@ -30,8 +30,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
-
 from mirror.errors import (
     DigestMismatch,
     MirrorError,
@@ -49,6 +47,9 @@ from mirror.registry import Registry, backoff
 SOURCE_DIGEST_ANNOTATION = "io.mirror.source.digest"  # on a platform-filtered index
 PLATFORMS_ANNOTATION = "io.mirror.platforms"  # which platforms it keeps, sorted, comma-joined
 DEFAULT_CONCURRENCY = 4  # blob transfers in flight at once, across every tag of a run
+# Tags planned at once, across every repository of a run: a bound per repository made a
+# 200-repository run juggle 1,600 tags for 8 connections (more memory, slower).
+TAGS_IN_FLIGHT = 8
 BLOB_ATTEMPTS = 3  # a failed blob transfer is started again this many times in all
 RESUMABLE_MIN_BYTES = 4 * 1024 * 1024  # smaller blobs just start again when they break
 SOURCE_RESUMES = 5  # a large blob's download is resumed this many times per transfer
@@ -205,6 +206,7 @@ class Copier:
         self.progress = progress
         self.report = report if report is not None else CopyReport(dry_run=dry_run)
         self._slots = asyncio.Semaphore(max(1, concurrency))
+        self.tag_slots = asyncio.Semaphore(TAGS_IN_FLIGHT)  # callers hold one per tag copied
         self._blob_attempts = max(1, blob_attempts)
         self._sleep = sleep
         # Per-run memory, keyed so that concurrent tags share one task per item.
@@ -548,27 +550,31 @@ class Copier:
                 for c in plan.children
             )
         )
-        await self._put_manifest(target_repo, target_reference, plan.top)
-        # Read the tag back: a registry can accept a PUT and still not serve it (distribution
-        # killed mid-write leaves an empty manifest file that a later PUT links again).
-        written = await self.target.head_manifest(target_repo, target_reference)
-        if written is None or written.digest != plan.top.digest:
-            raise MirrorError(
-                f"registry {self.target.name}: {target_repo}:{target_reference} was written but "
-                f"does not serve {plan.top.digest} (it answers "
-                f"{written.digest if written else 'not found'})"
-            )
+        await self._put_manifest(target_repo, target_reference, plan.top, read_back=True)
 
-    async def _put_manifest(self, repo: str, reference: str, manifest: Manifest) -> None:
+    async def _put_manifest(
+        self, repo: str, reference: str, manifest: Manifest, *, read_back: bool = False
+    ) -> None:
         """PUT a manifest; manifest PUTs into one repository go one at a time.
 
         distribution rewrites a manifest's blob on every PUT, so an index PUT that reads a child
         while another PUT rewrites that child fails its digest check (seen with alias tags).
+        ``read_back`` reads the tag back, still under the lock (a HEAD racing another PUT of
+        the same manifest gets a 500 from distribution): a registry can accept a PUT and still
+        not serve it (distribution killed mid-write leaves an empty manifest file that a later
+        PUT links again).
         """
         async with self._push_locks[repo]:
             await self.target.put_manifest(repo, reference, manifest)
+            written = await self.target.head_manifest(repo, reference) if read_back else None
         self.report.manifests_pushed += 1
         self._manifest_present[(repo, manifest.digest)] = _resolved(True)
+        if read_back and (written is None or written.digest != manifest.digest):
+            raise MirrorError(
+                f"registry {self.target.name}: {repo}:{reference} was written but does not "
+                f"serve {manifest.digest} (it answers "
+                f"{written.digest if written else 'not found'})"
+            )
 
     async def _send_blob(self, source_repo: str, target_repo: str, blob: Descriptor) -> None:
         """Mount the blob from a sibling repository if one holds it, else stream it across.
@@ -592,6 +598,9 @@ class Copier:
                         self._blob_present[(target_repo, blob.digest)] = _resolved(True)
                         return
                     upload_url = mount.upload_url
+                # Imported here: a run that moves no blob never needs it (start-up time).
+                from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
                 retrying = AsyncRetrying(
                     stop=stop_after_attempt(self._blob_attempts),
                     retry=retry_if_exception(is_retryable),

@@ -29,7 +29,6 @@ from mirror.selection import (
     select,
 )
 
-TAGS_IN_FLIGHT = 8  # tags planned at once; blob transfers have their own, smaller bound
 REPOSITORIES_IN_FLIGHT = 4  # a namespace entry syncs this many repositories at once
 EVERY_TAG = TagRules()
 
@@ -137,12 +136,11 @@ async def sync(
             )
             copier.report.add(result)
             return [result]
-    bound = asyncio.Semaphore(TAGS_IN_FLIGHT)
     gate = PriorityGate()  # a tight pull budget goes to the newest versions first
 
     async def one(turn: int, tag: str) -> TagResult:
         fixed = immutable is not None and is_full_version(tag, immutable)
-        async with bound:
+        async with copier.tag_slots:  # one bound for every repository of the run
             return await copier.copy(
                 source.repository,
                 tag,
