@@ -35,6 +35,7 @@ from mirror.errors import (
 from mirror.manifest import ACCEPT, MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from mirror.quota import PullBudget, RateLimit
 from mirror.reference import DOCKER_HUB, Digest, is_loopback_host
+from mirror.transport import pooled_transport, ssl_context
 
 DOCKER_HUB_ENDPOINT = "https://registry-1.docker.io"  # users say docker.io; the API lives here
 DOCKER_HUB_API = "https://hub.docker.com"  # lists an account's repositories; no catalog on Hub
@@ -80,10 +81,9 @@ def default_endpoint(registry: str, *, insecure: bool = False) -> str:
     return f"{scheme}://{registry}"
 
 
-def _tls_verification(
-    registry: str, *, insecure: bool, ca_file: str | None
-) -> ssl.SSLContext | bool:
-    """How to check a registry's certificate, as Docker does.
+def _tls_verification(registry: str, *, insecure: bool, ca_file: str | None) -> bool | str:
+    """How to check a registry's certificate, as Docker does: True (the system's CAs), False
+    (none) or a CA file to verify against.
 
     ``insecure`` registries (daemon.json's insecure-registries) and loopback ones get TLS
     without verification, unless a CA file is given, which means "verify against this CA".
@@ -91,9 +91,10 @@ def _tls_verification(
     """
     if ca_file:
         try:
-            return ssl.create_default_context(cafile=ca_file)
+            ssl_context(ca_file)
         except (OSError, ssl.SSLError) as exc:
             raise MirrorError(f"registry {registry}: cannot use ca_file {ca_file}: {exc}") from None
+        return ca_file
     return not (insecure or is_loopback_host(registry))
 
 
@@ -140,12 +141,13 @@ class Registry:
                 "set insecure = true for it to allow that"
             )
         self.auth = RegistryAuth(registry, credentials, allow_insecure_realm=insecure)
+        verify = _tls_verification(registry, insecure=insecure, ca_file=ca_file)
         self._http = httpx.AsyncClient(
             base_url=self.endpoint,
             auth=self.auth,
             timeout=timeout,
-            verify=_tls_verification(registry, insecure=insecure, ca_file=ca_file),
-            transport=transport,
+            verify=ssl_context(verify),
+            transport=transport or pooled_transport(verify, max_connections),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),

@@ -1,0 +1,183 @@
+"""The network under httpx: httpcore's connection pool on asyncio's own streams.
+
+Owns sockets, timeouts and TLS handshakes for each registry's connections; not HTTP (httpcore
+speaks it) and nothing of registries. Why it exists: httpcore reaches asyncio through anyio,
+and on every request it asks each idle pooled connection whether the server closed it, which
+anyio answers by rebuilding a table of socket attributes (a getpeername call) and polling the
+socket. With 8 connections that bookkeeping and anyio's cancel scopes were a quarter of a
+no-op run's CPU. asyncio's stream reader already knows whether the peer spoke or left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import ssl
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import httpcore
+import httpx
+
+KEEPALIVE_EXPIRY_S = 5.0  # httpx's default: an idle connection older than this is not reused
+READ_BUFFER_BYTES = 1024 * 1024  # what a connection reads ahead before pausing the socket
+PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy")
+
+
+class _Stream(httpcore.AsyncNetworkStream):
+    """One TCP (or TLS) connection, as httpcore reads and writes it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._reader.read(max_bytes)
+        except TimeoutError:
+            raise httpcore.ReadTimeout(f"no data for {timeout:g} s") from None
+        except (OSError, EOFError) as exc:
+            raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                self._writer.write(buffer)
+                await self._writer.drain()
+        except TimeoutError:
+            raise httpcore.WriteTimeout(f"could not send for {timeout:g} s") from None
+        except OSError as exc:
+            raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
+
+    async def aclose(self) -> None:
+        self._writer.close()  # the loop closes the socket; a stuck peer cannot hold us here
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
+        except TimeoutError:
+            self._writer.close()
+            raise httpcore.ConnectTimeout(f"TLS handshake took over {timeout:g} s") from None
+        except (OSError, ssl.SSLError) as exc:
+            self._writer.close()
+            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        return self
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            # Asked of every idle connection on every request: has the server spoken out of
+            # turn or hung up? The loop feeds whatever arrives into the reader as it comes, so
+            # its buffer and EOF say so without a system call. (StreamReader keeps the buffer
+            # private; without it, an early EOF is still seen.)
+            return (
+                self._reader.at_eof()
+                or bool(getattr(self._reader, "_buffer", None))
+                or self._writer.transport.is_closing()
+            )
+        names = {
+            "ssl_object": "ssl_object",
+            "client_addr": "sockname",
+            "server_addr": "peername",
+            "socket": "socket",
+        }
+        return self._writer.get_extra_info(names[info]) if info in names else None
+
+
+class AsyncioBackend(httpcore.AsyncNetworkBackend):
+    """Opens connections for httpcore with asyncio directly."""
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(
+                    host,
+                    port,
+                    local_addr=(local_address, 0) if local_address else None,
+                    limit=READ_BUFFER_BYTES,
+                )
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(
+                f"no connection to {host}:{port} within {timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        sock = writer.get_extra_info("socket")
+        for option in socket_options or ():
+            sock.setsockopt(*option)
+        return _Stream(reader, writer)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_unix_connection(path, limit=READ_BUFFER_BYTES)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"no connection to {path} within {timeout:g} s") from None
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        return _Stream(reader, writer)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class _PooledTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport with its pool built on ``AsyncioBackend``.
+
+    httpx maps httpcore's errors and responses; only the pool it holds is ours to choose (it
+    offers no argument for the network backend, so the pool is replaced after construction).
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext, max_connections: int) -> None:
+        super().__init__(verify=ssl_context)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=KEEPALIVE_EXPIRY_S,
+            network_backend=AsyncioBackend(),
+        )
+
+
+@functools.cache
+def ssl_context(verify: bool | str = True) -> ssl.SSLContext:
+    """One TLS context per way of verifying, shared by every registry of the process (making
+    one that loads the CA bundle takes 15-20 ms). ``verify`` is True (httpx's CA bundle, or
+    SSL_CERT_FILE/SSL_CERT_DIR), False (no verification) or a CA file."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return httpx.create_ssl_context(verify=verify)
+
+
+def proxy_configured(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the environment names an HTTP proxy, which httpx honours only with its own
+    transport (so mirror then uses that one)."""
+    return any(environ.get(v) or environ.get(v.upper()) for v in PROXY_VARIABLES)
+
+
+def pooled_transport(verify: bool | str, max_connections: int) -> httpx.AsyncBaseTransport | None:
+    """The transport for one registry's client; None (httpx's own) when a proxy is set."""
+    if proxy_configured():
+        return None
+    return _PooledTransport(ssl_context(verify), max_connections)

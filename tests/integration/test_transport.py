@@ -1,0 +1,147 @@
+"""mirror.transport: httpcore's pool on asyncio streams, against real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpcore
+import httpx
+import pytest
+
+from mirror.registry import Registry
+from mirror.transport import AsyncioBackend, pooled_transport, proxy_configured
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+@contextlib.asynccontextmanager
+async def server(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
+    """A loopback HTTP server; yields its base URL and a list that counts connections."""
+    connections: list[int] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    async with srv:
+        yield f"http://127.0.0.1:{port}", connections
+
+
+def client(base_url: str, **kwargs: object) -> httpx.AsyncClient:
+    transport = pooled_transport(False, 4)
+    assert transport is not None
+    return httpx.AsyncClient(base_url=base_url, transport=transport, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_keep_alive_reuses_one_connection() -> None:
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(OK)
+            await writer.drain()
+
+    async with server(keep_alive) as (url, connections), client(url) as http:
+        for _ in range(5):
+            assert (await http.get("/")).text == "ok"
+    assert len(connections) == 1
+
+
+async def test_a_connection_the_server_closed_is_not_reused() -> None:
+    # The server answers once and hangs up without saying "Connection: close": the pool must
+    # notice the idle connection went away (the stream's EOF) and open another.
+    async def one_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+
+    async with server(one_answer) as (url, connections), client(url) as http:
+        for _ in range(3):
+            assert (await http.get("/")).text == "ok"
+            await asyncio.sleep(0.05)  # the FIN arrives while the connection idles
+    assert len(connections) == 3
+
+
+async def test_a_silent_server_is_a_read_timeout() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    async with server(silent) as (url, _), client(url, timeout=0.2) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.get("/")
+
+
+async def test_a_refused_connection_is_a_connect_error() -> None:
+    srv = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    srv.close()
+    await srv.wait_closed()
+    async with client(f"http://127.0.0.1:{port}") as http:
+        with pytest.raises(httpx.ConnectError, match=r"127\.0\.0\.1"):
+            await http.get("/")
+
+
+async def test_a_streamed_body_arrives_whole_in_both_directions() -> None:
+    size = 3 * 1024 * 1024 + 17
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await read_request(reader)
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        body = await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, size, 65536):
+            yield bytes([start // 65536 % 256]) * min(65536, size - start)
+
+    async with (
+        server(echo) as (url, _),
+        client(url) as http,
+        http.stream(
+            "PUT", "/", content=chunks(), headers={"Content-Length": str(size)}
+        ) as response,
+    ):
+        received = b"".join([c async for c in response.aiter_bytes()])
+    assert len(received) == size
+    assert received[:1] == b"\x00" and received[-1:] == bytes([(size - 1) // 65536 % 256])
+
+
+def test_a_proxy_in_the_environment_keeps_httpx_transport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("https_proxy", "http_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    assert not proxy_configured()
+    assert pooled_transport(True, 8) is not None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert proxy_configured()
+    assert pooled_transport(True, 8) is None  # httpx's own, which honours the proxy
+
+
+async def test_registries_use_the_asyncio_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    registry = Registry("127.0.0.1:5000")
+    try:
+        transport = registry._http._transport
+        pool = getattr(transport, "_pool", None)
+        assert isinstance(pool, httpcore.AsyncConnectionPool)
+        assert isinstance(pool._network_backend, AsyncioBackend)
+    finally:
+        await registry.aclose()
