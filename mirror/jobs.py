@@ -18,7 +18,7 @@ import httpx
 from mirror.auth import Credentials, docker_credentials
 from mirror.config import Config, MirrorEntry
 from mirror.copy import Copier, CopyReport, PriorityGate, Progress, TagResult
-from mirror.errors import MirrorError
+from mirror.errors import MirrorError, NotFound
 from mirror.reference import Reference
 from mirror.registry import Registry
 from mirror.selection import (
@@ -123,13 +123,16 @@ async def sync(
             source.repository, source.digest, target.repository, source.tag or source.digest
         )
         return [result]
+    on_target: set[str] | None = None  # the target's tags, when its tags list was read
     if source.tag is not None:
         tags = [source.tag]
     else:
         try:
-            tags = newest_first(
-                select(await copier.source.list_tags(source.repository), rules).tags
+            listed, on_target = await asyncio.gather(
+                copier.source.list_tags(source.repository),
+                _target_tags(copier, target.repository),
             )
+            tags = newest_first(select(listed, rules).tags)
         except MirrorError as exc:
             result = TagResult(
                 source=str(source), target=str(target), status="failed", error=str(exc)
@@ -147,10 +150,23 @@ async def sync(
                 target.repository,
                 tag,
                 immutable=fixed,
+                absent=on_target is not None and tag not in on_target,
                 priority=(gate, turn),
             )
 
     return list(await asyncio.gather(*(one(turn, tag) for turn, tag in enumerate(tags))))
+
+
+async def _target_tags(copier: Copier, repository: str) -> set[str] | None:
+    """The tags the target repository has, from one tags list: a tag not there needs no HEAD
+    (a first sync of 10 tags makes 9 requests fewer). An empty set for a repository that does
+    not exist yet; None when the target will not list them (then every tag is asked)."""
+    try:
+        return set(await copier.target.list_tags(repository))
+    except NotFound:
+        return set()
+    except MirrorError:
+        return None
 
 
 @dataclass(slots=True)

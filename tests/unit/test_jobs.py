@@ -50,6 +50,63 @@ async def test_repository_without_tag_copies_every_tag_across_pages(env: Env) ->
     assert len(src.find("GET", "tags")) == 3
 
 
+def tag_heads(registry: FakeRegistry, repository: str) -> list[str]:
+    """The tags (not digests) HEADed in ``repository``."""
+    prefix = f"/v2/{repository}/manifests/"
+    return [
+        r.path.removeprefix(prefix)
+        for r in registry.find("HEAD", "manifest")
+        if r.path.startswith(prefix) and ":" not in r.path.removeprefix(prefix)
+    ]
+
+
+async def test_tags_the_target_does_not_list_are_not_asked_for(env: Env) -> None:
+    src, dst = env.src, env.dst
+    images = {tag: make_image(20 + i) for i, tag in enumerate(["a", "b", "c"])}
+    for tag, image in images.items():
+        src.seed("team/app", tag, image)
+    dst.seed("team/app", "b", images["b"])  # the target has b already, at the same digest
+
+    results = await sync(env.copier, request("source.test/team/app", "target.test/team/app"))
+
+    assert {r.target.rsplit(":", 1)[1]: r.status for r in results} == {
+        "a": "copied",
+        "b": "skipped",
+        "c": "copied",
+    }
+    assert len(dst.find("GET", "tags")) == 1  # one tags list of the target...
+    assert tag_heads(dst, "team/app").count("b") == 1  # ... and only b asked for its digest
+    assert tag_heads(dst, "team/app").count("a") == 1  # a's only HEAD is the read-back
+    assert dst.tags["team/app"] == {tag: image.digest for tag, image in images.items()}
+
+
+async def test_a_new_target_repository_gets_no_tag_heads_before_the_copy(env: Env) -> None:
+    src, dst = env.src, env.dst
+    for i, tag in enumerate(["a", "b"]):
+        src.seed("team/app", tag, make_image(30 + i))
+
+    results = await sync(env.copier, request("source.test/team/app", "target.test/new/app"))
+
+    assert [r.status for r in results] == ["copied", "copied"]
+    # tags list: 404 NAME_UNKNOWN; the only tag HEADs are the read-backs after each PUT.
+    assert sorted(tag_heads(dst, "new/app")) == ["a", "b"]
+    writes = [r.path for r in dst.writes() if r.kind == "manifest"]
+    assert len(writes) == 2
+
+
+async def test_a_target_that_will_not_list_tags_is_asked_tag_by_tag(env: Env) -> None:
+    src, dst = env.src, env.dst
+    image = make_image(40)
+    src.seed("team/app", "a", image)
+    dst.seed("team/app", "a", image)
+    dst.fail(403, kind="tags", code="DENIED")  # a target that lets us HEAD but not list
+
+    results = await sync(env.copier, request("source.test/team/app", "target.test/team/app"))
+
+    assert [r.status for r in results] == ["skipped"]
+    assert tag_heads(dst, "team/app") == ["a"]
+
+
 async def test_one_failing_tag_does_not_stop_the_others(env: Env) -> None:
     src, dst = env.src, env.dst
     good, bad = make_image(1), make_image(2)
