@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpcore
@@ -83,6 +85,28 @@ async def test_a_silent_server_is_a_read_timeout() -> None:
     async with server(silent) as (url, _), client(url, timeout=0.2) as http:
         with pytest.raises(httpx.ReadTimeout):
             await http.get("/")
+
+
+async def test_a_reset_after_part_of_the_body_is_an_httpx_read_error() -> None:
+    # Bytes still buffered when the reset arrives must not let the raw ConnectionResetError
+    # out: callers catch httpx's errors only.
+    async def reset_mid_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 300_000)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST, not FIN
+
+    async with server(reset_mid_body) as (url, _), client(url) as http:
+        with pytest.raises(httpx.ReadError, match="reset"):
+            async with http.stream("GET", "/") as response:
+                first = True
+                async for _chunk in response.aiter_raw():
+                    if first:  # the rest of the bytes wait in the reader while the RST lands
+                        first = False
+                        await asyncio.sleep(0.2)
 
 
 async def test_a_refused_connection_is_a_connect_error() -> None:
