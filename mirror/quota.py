@@ -75,6 +75,11 @@ class PullBudget:
             return None
         return max(0, self.rate_limit.remaining - self.in_flight - self.reserve)
 
+    @property
+    def blocked(self) -> bool:
+        """Whether a pull-limit 429 has stopped GETs for now."""
+        return self._clock() < self.blocked_until
+
     def observe(self, quota: RateLimit) -> None:
         """Take the registry's latest figures (from any answer that carried them)."""
         self.rate_limit = quota

@@ -216,7 +216,7 @@ class Registry:
         path = f"/v2/{repository}/manifests/{reference}"
 
         async def attempt() -> Manifest:
-            async with self._stream("GET", path, headers={"Accept": ACCEPT}) as response:
+            async with self._stream("GET", path, headers={"Accept": ACCEPT}, pull=True) as response:
                 await self._raise_for(response, what=f"manifest {repository}:{reference}")
                 raw = await _read_capped(response, MAX_MANIFEST_BYTES, f"manifest {reference}")
                 reported = response.headers.get("Docker-Content-Digest")
@@ -579,15 +579,33 @@ class Registry:
 
     @asynccontextmanager
     async def _stream(
-        self, method: str, url: httpx.URL | str, *, held: bool = False, **kwargs: Any
+        self,
+        method: str,
+        url: httpx.URL | str,
+        *,
+        held: bool = False,
+        pull: bool = False,
+        **kwargs: Any,
     ) -> AsyncIterator[httpx.Response]:
         """A streamed request. Short reads take a request slot like ``_send``; a ``held``
         stream (a blob, open while its upload runs) does not, so that copying within one
-        registry cannot starve the upload of a slot. The copier bounds those itself."""
+        registry cannot starve the upload of a slot. The copier bounds those itself.
+
+        A ``pull`` (a manifest GET) that waited for its slot while another met the pull
+        limit is not sent: Docker Hub counts every try, refused or not."""
         await self._abuse_pause()
         async with contextlib.AsyncExitStack() as stack:
             if not held:
                 await stack.enter_async_context(self._slots)
+            if pull and self.budget.blocked:
+                raise RateLimited(
+                    f"registry {self.name}: pull rate limit reached earlier in this run; "
+                    f"GET {safe_url(url)} not sent ({self.budget.describe()})",
+                    method=method,
+                    url=safe_url(url),
+                    status=429,
+                    quota_spent=True,
+                )
             try:
                 async with self._http.stream(method, url, **kwargs) as response:
                     yield response
