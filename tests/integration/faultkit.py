@@ -46,12 +46,17 @@ MIB = 1024 * 1024
 BIG_LAYER_BYTES = 5 * MIB  # over mirror's 4 MiB line: streamed through a resumable session
 RUN_TIMEOUT_S = 60.0  # no single run in these tests comes near this; a hang fails, not blocks
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+# The peak is VmHWM, the high-water mark of this process's own memory since its exec. Not
+# getrusage's ru_maxrss: Linux carries the parent's high-water mark across fork/vfork + exec
+# into it, so a child of a pytest that had grown to 442 MB once reported 442 MB.
 _MEASURE = (
-    "import atexit, resource, runpy, sys\n"
+    "import atexit, runpy, sys\n"
     "out = sys.argv.pop(1)\n"
     "def peak():\n"
+    "    with open('/proc/self/status') as status:\n"
+    "        kib = next(l.split()[1] for l in status if l.startswith('VmHWM:'))\n"
     "    with open(out, 'w') as fh:\n"
-    "        fh.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+    "        fh.write(kib)\n"
     "atexit.register(peak)\n"
     "sys.argv[0] = 'mirror'\n"
     "runpy.run_module('mirror', run_name='__main__', alter_sys=True)\n"
