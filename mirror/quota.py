@@ -69,7 +69,7 @@ class PullBudget:
     @property
     def available(self) -> int | None:
         """Pulls that may still go out (None: no limit known)."""
-        if self._clock() < self.blocked_until:
+        if self.blocked:
             return 0
         if self.rate_limit is None:
             return None
@@ -110,7 +110,7 @@ class PullBudget:
 
     def describe(self) -> str:
         """``12 of 100 left (6h window), reserve 10`` for messages."""
-        if self._clock() < self.blocked_until:
+        if self.blocked:
             return f"blocked for {self.blocked_until - self._clock():.0f} s after a pull-limit 429"
         if self.rate_limit is None:
             return "no limit announced"

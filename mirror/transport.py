@@ -14,7 +14,7 @@ import asyncio
 import functools
 import os
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any
 
 import httpcore
@@ -24,6 +24,13 @@ KEEPALIVE_EXPIRY_S = 5.0  # httpx's default: an idle connection older than this 
 READ_BUFFER_BYTES = 1024 * 1024  # what a connection reads ahead before pausing the socket
 READ_BYTES = 256 * 1024  # the most one read hands httpcore
 PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy")
+# httpcore's names for what a connection can tell -> asyncio's
+_EXTRA_INFO = {
+    "ssl_object": "ssl_object",
+    "client_addr": "sockname",
+    "server_addr": "peername",
+    "socket": "socket",
+}
 
 
 class _Stream(httpcore.AsyncNetworkStream):
@@ -91,13 +98,8 @@ class _Stream(httpcore.AsyncNetworkStream):
             # turn or hung up? The loop feeds whatever arrives into the reader as it comes, so
             # its buffer and EOF say so without a system call.
             return self._reader.at_eof() or self._buffered() or self._writer.transport.is_closing()
-        names = {
-            "ssl_object": "ssl_object",
-            "client_addr": "sockname",
-            "server_addr": "peername",
-            "socket": "socket",
-        }
-        return self._writer.get_extra_info(names[info]) if info in names else None
+        name = _EXTRA_INFO.get(info)
+        return self._writer.get_extra_info(name) if name else None
 
 
 class AsyncioBackend(httpcore.AsyncNetworkBackend):
@@ -111,24 +113,17 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        try:
-            async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(
-                    host,
-                    port,
-                    local_addr=(local_address, 0) if local_address else None,
-                    limit=READ_BUFFER_BYTES,
-                )
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(
-                f"no connection to {host}:{port} within {timeout:g} s"
-            ) from None
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        sock = writer.get_extra_info("socket")
+        opening = asyncio.open_connection(
+            host,
+            port,
+            local_addr=(local_address, 0) if local_address else None,
+            limit=READ_BUFFER_BYTES,
+        )
+        stream = await _connected(opening, f"{host}:{port}", timeout)
+        sock = stream.get_extra_info("socket")
         for option in socket_options or ():
             sock.setsockopt(*option)
-        return _Stream(reader, writer)
+        return stream
 
     async def connect_unix_socket(
         self,
@@ -136,17 +131,27 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         timeout: float | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        try:
-            async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_unix_connection(path, limit=READ_BUFFER_BYTES)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"no connection to {path} within {timeout:g} s") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        return _Stream(reader, writer)
+        opening = asyncio.open_unix_connection(path, limit=READ_BUFFER_BYTES)
+        return await _connected(opening, path, timeout)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+async def _connected(
+    opening: Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
+    where: str,
+    timeout: float | None,
+) -> _Stream:
+    """Await a connection being opened, its failures in httpcore's terms."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await opening
+    except TimeoutError:
+        raise httpcore.ConnectTimeout(f"no connection to {where} within {timeout:g} s") from None
+    except OSError as exc:
+        raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+    return _Stream(reader, writer)
 
 
 class _PooledTransport(httpx.AsyncHTTPTransport):
