@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.integration import faultkit as kit
 from tests.integration.helpers import Daemon
 from tests.support.images import Pusher
 from tests.support.proxy import RegistryProxy
@@ -129,6 +130,18 @@ def make_proxy() -> Iterator[Callable[..., RegistryProxy]]:
     yield make
     for proxy in started:
         proxy.stop()
+
+
+@pytest.fixture
+def source(hub: HubRegistry, make_proxy: Callable[..., RegistryProxy]) -> RegistryProxy:
+    """The Hub-like registry behind a fault proxy (no faults until a test adds rules)."""
+    return make_proxy(hub.url)
+
+
+@pytest.fixture
+def secrets(hub: HubRegistry) -> kit.Secrets:
+    """What must never show in mirror's output: the Hub password and the tokens issued."""
+    return kit.Secrets(hub.token_server)
 
 
 @pytest.fixture

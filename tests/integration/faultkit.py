@@ -115,6 +115,13 @@ def push_all(pusher: Pusher, repo: str, images: Mapping[str, Image]) -> None:
         pusher.push(repo, image, tag)
 
 
+def push_small(pusher: Pusher, repo: str, tags: Iterable[str]) -> dict[str, Image]:
+    """Push a ``small_image`` of its own under each tag; returns tag -> image."""
+    images = {tag: small_image(f"{repo}:{tag}") for tag in tags}
+    push_all(pusher, repo, images)
+    return images
+
+
 # -- secrets ---------------------------------------------------------------------------------
 
 

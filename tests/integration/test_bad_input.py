@@ -28,21 +28,9 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # distribution's cap, and mirror's
 
 
 @pytest.fixture
-def secrets(hub: HubRegistry) -> kit.Secrets:
-    return kit.Secrets(hub.token_server)
-
-
-@pytest.fixture
-def source(hub: HubRegistry, make_proxy: Callable[..., RegistryProxy]) -> RegistryProxy:
-    return make_proxy(hub.url)
-
-
-@pytest.fixture
 def two_tags(hub_pusher: Pusher, unique_repo: str) -> dict[str, Image]:
     """``good`` and ``bad`` on the hub; tests make ``bad`` arrive broken."""
-    images = {tag: kit.small_image(f"{unique_repo}:{tag}") for tag in ("good", "bad")}
-    kit.push_all(hub_pusher, unique_repo, images)
-    return images
+    return kit.push_small(hub_pusher, unique_repo, ("good", "bad"))
 
 
 def only_bad_failed(

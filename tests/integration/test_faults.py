@@ -43,17 +43,6 @@ RUN_BOUND_S = 10.0  # a whole run (start-up included) that must not hang or back
 EVENT_WAIT_S = 20.0  # waiting for something the proxy reports; far more than it takes
 
 
-@pytest.fixture
-def secrets(hub: HubRegistry) -> kit.Secrets:
-    return kit.Secrets(hub.token_server)
-
-
-@pytest.fixture
-def source(hub: HubRegistry, make_proxy: Callable[..., RegistryProxy]) -> RegistryProxy:
-    """The Hub-like registry behind a fault proxy (no faults until a test adds rules)."""
-    return make_proxy(hub.url)
-
-
 def push(pusher: Pusher, repo: str, images: dict[str, Image]) -> dict[str, Image]:
     kit.push_all(pusher, repo, images)
     return images
@@ -251,11 +240,7 @@ def test_a_blob_that_breaks_on_every_try_fails_only_its_tag(
     source: RegistryProxy,
     secrets: kit.Secrets,
 ) -> None:
-    images = push(
-        hub_pusher,
-        unique_repo,
-        {tag: kit.small_image(f"{unique_repo}:{tag}") for tag in ("broken", "fine", "also-fine")},
-    )
+    images = kit.push_small(hub_pusher, unique_repo, ("broken", "fine", "also-fine"))
     before = kit.seed_target(local_pusher, unique_repo, ["broken", "fine"])
     victim = images["broken"].layers[0].digest
     source.add_rule(faults.cut_blob(victim, after=5000, times=None))
@@ -429,11 +414,7 @@ def test_a_registry_that_answers_503_forever_fails_the_tag_in_bounded_time(
     source: RegistryProxy,
     secrets: kit.Secrets,
 ) -> None:
-    images = push(
-        hub_pusher,
-        unique_repo,
-        {tag: kit.small_image(f"{unique_repo}:{tag}") for tag in ("down", "up")},
-    )
+    images = kit.push_small(hub_pusher, unique_repo, ("down", "up"))
     before = kit.seed_target(local_pusher, unique_repo, ["down"])
     down = faults.Unavailable(faults.is_manifest(repo=unique_repo, ref="down"))
     source.add_rule(down)
@@ -505,9 +486,7 @@ def test_a_pull_limit_429_mid_run_defers_the_rest_and_moves_none_of_them(
     secrets: kit.Secrets,
 ) -> None:
     tags = [f"edge-{n}" for n in range(6)]
-    images = push(
-        hub_pusher, unique_repo, {tag: kit.small_image(f"{unique_repo}:{tag}") for tag in tags}
-    )
+    images = kit.push_small(hub_pusher, unique_repo, tags)
     before = kit.seed_target(local_pusher, unique_repo, tags)  # every tag is moving
     limit = PullLimit(limit=2, announce=False)  # no headers: the 429 is a surprise
     proxy = make_proxy(hub.url, rules=[limit])
@@ -653,11 +632,7 @@ def test_a_blob_that_stalls_on_every_try_fails_its_tag_cleanly_in_bounded_time(
     source: RegistryProxy,
     secrets: kit.Secrets,
 ) -> None:
-    images = push(
-        hub_pusher,
-        unique_repo,
-        {tag: kit.small_image(f"{unique_repo}:{tag}") for tag in ("stuck", "silent", "fine")},
-    )
+    images = kit.push_small(hub_pusher, unique_repo, ("stuck", "silent", "fine"))
     before = kit.seed_target(local_pusher, unique_repo, ["stuck", "silent"])
     victim = images["stuck"].layers[0].digest
     source.add_rule(faults.stall_blob(victim, after=1000, times=None, stall_s=15))
@@ -797,11 +772,7 @@ def test_uploads_the_target_rejects_fail_their_tags_and_others_continue(
     make_proxy: Callable[..., RegistryProxy],
     secrets: kit.Secrets,
 ) -> None:
-    images = push(
-        hub_pusher,
-        unique_repo,
-        {tag: kit.small_image(f"{unique_repo}:{tag}") for tag in ("blob", "manifest", "fine")},
-    )
+    images = kit.push_small(hub_pusher, unique_repo, ("blob", "manifest", "fine"))
     before = kit.seed_target(local_pusher, unique_repo, ["blob", "manifest", "fine"])
     victim = images["blob"].layers[0].digest
     target = make_proxy(local.url)

@@ -28,16 +28,6 @@ from tests.support.tokenserver import HubRegistry
 MIB = kit.MIB
 
 
-@pytest.fixture
-def secrets(hub: HubRegistry) -> kit.Secrets:
-    return kit.Secrets(hub.token_server)
-
-
-@pytest.fixture
-def source(hub: HubRegistry, make_proxy: Callable[..., RegistryProxy]) -> RegistryProxy:
-    return make_proxy(hub.url)
-
-
 def troubled_repo(pusher: Pusher, repo: str, source: RegistryProxy) -> dict[str, Image]:
     """Tags that each meet a different fault on ``source``: a cut large blob (recovers),
     a corrupt blob, a manifest that is not JSON, plus 503s here and there (recover)."""
