@@ -23,6 +23,7 @@ import httpx
 KEEPALIVE_EXPIRY_S = 5.0  # httpx's default: an idle connection older than this is not reused
 READ_BUFFER_BYTES = 1024 * 1024  # what a connection reads ahead before pausing the socket
 READ_BYTES = 256 * 1024  # the most one read hands httpcore
+HOLD_BYTES = 64 * 1024  # a write this small waits for the next one (headers for their body)
 PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy")
 # httpcore's names for what a connection can tell -> asyncio's
 _EXTRA_INFO = {
@@ -39,6 +40,7 @@ class _Stream(httpcore.AsyncNetworkStream):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
+        self._held = b""
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         # httpcore asks for 64 KiB at a time; handing it up to READ_BYTES of what has arrived
@@ -46,6 +48,7 @@ class _Stream(httpcore.AsyncNetworkStream):
         # 18 % less CPU and ran 5-8 % faster.
         size = max(max_bytes, READ_BYTES)
         try:
+            self._send_held()  # the request is complete: the response is what comes next
             if self._buffered():
                 return await self._reader.read(size)  # returns at once: no timer needed
             async with asyncio.timeout(timeout):
@@ -61,18 +64,39 @@ class _Stream(httpcore.AsyncNetworkStream):
         return bool(getattr(self._reader, "_buffer", None))
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        """Send ``buffer``. h11 hands a request's head, body and end over in separate writes;
+        a small one is held until the next write or read, or the loop's next turn (a body
+        that is not ready at once), so a small PUT leaves in one segment, not two: one system
+        call instead of two, and one wake-up of the server instead of two."""
         if not buffer:
             return
+        if self._held and len(self._held) + len(buffer) <= HOLD_BYTES:
+            self._held += buffer  # its send is scheduled already
+            return
+        self._send_held()
+        if len(buffer) <= HOLD_BYTES:
+            self._held = buffer
+            asyncio.get_running_loop().call_soon(self._send_held)
+            return
         try:
+            self._writer.write(buffer)
+            if not self._writer.transport.get_write_buffer_size():
+                return  # all of it went: nothing to wait for
             async with asyncio.timeout(timeout):
-                self._writer.write(buffer)
                 await self._writer.drain()
         except TimeoutError:
             raise httpcore.WriteTimeout(f"could not send for {timeout:g} s") from None
         except OSError as exc:
             raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
 
+    def _send_held(self) -> None:
+        if self._held:
+            held, self._held = self._held, b""
+            if not self._writer.is_closing():
+                self._writer.write(held)  # small: the transport buffers what the socket refuses
+
     async def aclose(self) -> None:
+        self._held = b""
         self._writer.close()  # the loop closes the socket; a stuck peer cannot hold us here
 
     async def start_tls(
