@@ -73,6 +73,28 @@ class MountResult:
     upload_url: str | None = None
 
 
+class _NoCookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+    def __bool__(self) -> bool:
+        return False
+
+
+class _Client(httpx.AsyncClient):
+    """httpx's client without a cookie jar. Registry APIs are stateless and docker and
+    containerd keep no cookies; httpx would read every response's into its jar (4-5 % of a
+    2,000-tag sync's CPU)."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NoCookies()
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        return None
+
+
 def default_endpoint(registry: str, *, insecure: bool = False) -> str:
     """The base URL for ``registry``: Hub's API host, plain HTTP on loopback or when insecure."""
     if registry == DOCKER_HUB:
@@ -142,7 +164,7 @@ class Registry:
             )
         self.auth = RegistryAuth(registry, credentials, allow_insecure_realm=insecure)
         verify = _tls_verification(registry, insecure=insecure, ca_file=ca_file)
-        self._http = httpx.AsyncClient(
+        self._http = _Client(
             base_url=self.endpoint,
             auth=self.auth,
             timeout=timeout,
@@ -272,13 +294,17 @@ class Registry:
         """Ask the registry to link a blob from another of its repositories (no bytes move).
 
         201 means mounted. 202 means the registry declined and opened an ordinary upload
-        session instead, whose URL is returned for ``upload_blob`` to use.
+        session instead, whose URL is returned for ``upload_blob`` to use. A registry that
+        refuses the request itself (400, 404, 405: some answer so for a source repository
+        that does not exist) has declined too, without a session.
         """
         response = await self._send(
             "POST", f"/v2/{repository}/blobs/uploads/", params={"mount": digest, "from": source}
         )
         if response.status_code == 201:
             return MountResult(mounted=True)
+        if response.status_code in (400, 404, 405):
+            return MountResult(mounted=False)
         await self._raise_for(response, what=f"mount of blob {digest} into {repository}")
         return MountResult(mounted=False, upload_url=self._location(response))
 

@@ -923,3 +923,19 @@ async def test_unit_tests_cannot_open_connections() -> None:
     async with Registry("registry.example", retry_attempts=1) as client:
         with pytest.raises(NetworkBlocked):
             await client.ping()
+
+
+async def test_no_cookies_are_kept_or_sent() -> None:
+    # Like docker and containerd: a registry API is stateless (and httpx's jar costs CPU).
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("Cookie"))
+        return httpx.Response(
+            200, json={"name": REPO, "tags": ["v1"]}, headers={"Set-Cookie": "lb=node-2; Path=/"}
+        )
+
+    async with Registry("registry.test", transport=httpx.MockTransport(handler)) as client:
+        for _ in range(2):
+            assert await client.list_tags(REPO) == ["v1"]
+    assert seen == [None, None]
