@@ -215,12 +215,23 @@ class Copier:
         self._fetched: dict[Digest, Manifest] = {}
         self._manifest_present: dict[tuple[str, Digest], asyncio.Future[bool]] = {}
         self._blob_present: dict[tuple[str, Digest], asyncio.Future[bool]] = {}
-        self._blob_sent: dict[tuple[str, Digest], asyncio.Future[None]] = {}
+        self._blob_sent: dict[tuple[str, Digest], asyncio.Future[bool]] = {}
         self._blob_streams: dict[Digest, asyncio.Future[None]] = {}  # first stream per blob
         self._blob_homes: dict[Digest, str] = {}  # a target repository known to hold the blob
+        self._tagless: set[str] = set()  # target repositories known to hold no tags
         self._planned: set[tuple[str, Digest]] = set()  # dry run: blobs counted as to copy
         self._child_pushes: dict[tuple[str, Digest], asyncio.Future[None]] = {}
         self._push_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def tagless(self, repository: str) -> None:
+        """Say that the target's ``repository`` holds no tags (its tags list is empty, or it
+        does not exist yet). Nothing in it can be pulled, so its blobs are not HEADed one by
+        one before a first sync: each is asked for by a mount from the repository itself as
+        it is sent, which links a blob already there (201, left by an interrupted run) or
+        opens the upload it needs anyway (202). A 2,000-tag first sync makes 3,800 requests
+        fewer. (In a repository with tags a HEAD is kept: a mount rewrites the link of a blob
+        already there, which a pull reading it at that instant could find empty.)"""
+        self._tagless.add(repository)
 
     async def copy(
         self,
@@ -273,7 +284,9 @@ class Copier:
                     result.status = "planned"
                     self._count_planned(target_repo, plan)
                 else:
-                    await self._execute(plan, source_repo, target_repo, target_reference)
+                    there = await self._execute(plan, source_repo, target_repo, target_reference)
+                    result.blobs_missing -= len(there)
+                    result.bytes_missing -= sum(b.size for b in there)
                     result.status = "copied"
         except QuotaExhausted as exc:
             result.status = "deferred"
@@ -381,8 +394,12 @@ class Copier:
                 raise MirrorError(f"index {top.digest} lists another index {child.digest}")
         images = children if top.is_index else [top]
         blobs = {b.digest: b for image in images for b in image.blobs}
-        present = await asyncio.gather(*(self._blob_exists(target_repo, d) for d in blobs))
-        missing_blobs = [b for b, have in zip(blobs.values(), present, strict=True) if not have]
+        if target_repo in self._tagless and not self.dry_run:
+            # Asked as they are sent (see ``tagless``); only what this run stored is known.
+            missing_blobs = [b for b in blobs.values() if not self._stored(target_repo, b.digest)]
+        else:
+            present = await asyncio.gather(*(self._blob_exists(target_repo, d) for d in blobs))
+            missing_blobs = [b for b, ok in zip(blobs.values(), present, strict=True) if not ok]
         return _Plan(top.digest, top, children, missing_blobs, source_digest=digest, pulls=pulls)
 
     def _platform_image(self, index: Manifest) -> Descriptor:
@@ -528,11 +545,17 @@ class Copier:
 
         return await self._once(self._blob_present, (repo, digest), head)
 
+    def _stored(self, repo: str, digest: Digest) -> bool:
+        """Whether this run has seen the blob in ``repo`` already (no request made)."""
+        known = self._blob_present.get((repo, digest))
+        return known is not None and known.done() and not known.exception() and known.result()
+
     # --- steps 4-5: execute ---------------------------------------------------------------
 
     async def _execute(
         self, plan: _Plan, source_repo: str, target_repo: str, target_reference: str
-    ) -> None:
+    ) -> list[Descriptor]:
+        """Steps 4-5 for one tag; returns the blobs planned as missing that were there."""
         assert plan.top is not None
         transfers = [
             self._once(
@@ -566,6 +589,7 @@ class Copier:
             )
         )
         await self._put_manifest(target_repo, target_reference, plan.top, read_back=True)
+        return [b for b, sent in zip(plan.missing_blobs, outcomes, strict=True) if sent is False]
 
     async def _put_manifest(
         self, repo: str, reference: str, manifest: Manifest, *, read_back: bool = False
@@ -591,8 +615,9 @@ class Copier:
                 f"{written.digest if written else 'not found'})"
             )
 
-    async def _send_blob(self, source_repo: str, target_repo: str, blob: Descriptor) -> None:
+    async def _send_blob(self, source_repo: str, target_repo: str, blob: Descriptor) -> bool:
         """Mount the blob from a sibling repository if one holds it, else stream it across.
+        False when a tagless repository turned out to hold it already (see ``tagless``).
 
         When another repository's stream of the same blob is under way, wait for it and mount
         from there: shared layers cross the network once per run.
@@ -606,13 +631,23 @@ class Copier:
             async with self._slots:
                 upload_url = None
                 home = self._blob_homes.get(blob.digest)
-                if home is not None and home != target_repo:
+                if home is None and target_repo in self._tagless:
+                    home = target_repo  # the repository itself is asked (see ``tagless``)
+                if home is not None:
                     mount = await self.target.mount_blob(target_repo, blob.digest, home)
-                    if mount.mounted:
-                        self.report.blobs_mounted += 1
-                        self._blob_present[(target_repo, blob.digest)] = _resolved(True)
-                        return
                     upload_url = mount.upload_url
+                    if mount.mounted or (
+                        home == target_repo
+                        and upload_url is None  # refused outright: a HEAD tells instead
+                        and await self.target.blob_exists(target_repo, blob.digest)
+                    ):
+                        self._blob_homes.setdefault(blob.digest, target_repo)
+                        self._blob_present[(target_repo, blob.digest)] = _resolved(True)
+                        if home == target_repo:
+                            self.report.blobs_present += 1
+                            return False
+                        self.report.blobs_mounted += 1
+                        return True
                 # Imported here: a run that moves no blob never needs it (start-up time).
                 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
@@ -633,6 +668,7 @@ class Copier:
                 self._blob_present[(target_repo, blob.digest)] = _resolved(True)
                 self.report.blobs_copied += 1
                 self.report.bytes_copied += blob.size
+                return True
         finally:
             if first is None:
                 self._blob_streams[blob.digest].set_result(None)

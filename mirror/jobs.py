@@ -133,6 +133,8 @@ async def sync(
                 _target_tags(copier, target.repository),
             )
             tags = newest_first(select(listed, rules).tags)
+            if on_target is not None and not on_target:
+                copier.tagless(target.repository)
         except MirrorError as exc:
             result = TagResult(
                 source=str(source), target=str(target), status="failed", error=str(exc)

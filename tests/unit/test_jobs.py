@@ -14,7 +14,7 @@ from mirror.errors import ConfigError
 from mirror.jobs import Clients, SyncRequest, sync
 from mirror.reference import parse_reference, parse_repository
 from tests.unit.conftest import RecordingSleep
-from tests.unit.fakes import FakeRegistry, make_image, make_index
+from tests.unit.fakes import FakeRegistry, error_response, make_image, make_index
 
 
 @dataclass
@@ -92,6 +92,97 @@ async def test_a_new_target_repository_gets_no_tag_heads_before_the_copy(env: En
     assert sorted(tag_heads(dst, "new/app")) == ["a", "b"]
     writes = [r.path for r in dst.writes() if r.kind == "manifest"]
     assert len(writes) == 2
+
+
+def blob_posts(registry: FakeRegistry, repository: str) -> list[tuple[str | None, str | None]]:
+    """(mount, from) of each upload POST into ``repository``."""
+    return [
+        (r.params.get("mount"), r.params.get("from"))
+        for r in registry.find("POST")
+        if r.path.startswith(f"/v2/{repository}/blobs/uploads")
+    ]
+
+
+async def test_a_new_repository_is_asked_for_blobs_by_a_mount_not_a_head(env: Env) -> None:
+    src, dst = env.src, env.dst
+    image = make_image(33)
+    src.seed("team/app", "a", image)
+
+    results = await sync(env.copier, request("source.test/team/app", "target.test/new/app"))
+
+    assert [r.status for r in results] == ["copied"]
+    assert [r.blobs_missing for r in results] == [len(image.blobs)]
+    assert dst.find("HEAD", "blob") == []
+    # one POST per blob, which is a mount from the repository itself: declined (202), it is
+    # the upload session the blob needed anyway
+    assert sorted(blob_posts(dst, "new/app")) == sorted((d, "new/app") for d in image.blobs)
+    assert dst.blobs["new/app"] == image.blobs
+    assert dst.tags["new/app"] == {"a": image.digest}
+
+
+async def test_blobs_left_in_a_tagless_repository_are_linked_not_sent_again(env: Env) -> None:
+    src, dst = env.src, env.dst
+    image = make_image(34)
+    src.seed("team/app", "a", image)
+    layer = image.layer_digests[0]
+    dst.blobs["new/app"] = {layer: image.blobs[layer]}  # an interrupted run's leftover
+
+    results = await sync(env.copier, request("source.test/team/app", "target.test/new/app"))
+
+    assert [r.status for r in results] == ["copied"]
+    assert results[0].blobs_missing == len(image.blobs) - 1
+    assert results[0].bytes_missing == sum(len(b) for d, b in image.blobs.items() if d != layer)
+    uploaded = [r.params.get("digest") for r in dst.find("PUT", "upload")]
+    assert layer not in uploaded and len(uploaded) == len(image.blobs) - 1
+    assert env.copier.report.blobs_present == 1
+    assert env.copier.report.bytes_copied == results[0].bytes_missing
+
+
+async def test_a_registry_refusing_to_mount_from_a_new_repository_is_asked_by_head(
+    env: Env,
+) -> None:
+    src, dst = env.src, env.dst
+    image = make_image(38)
+    src.seed("team/app", "a", image)
+    layer = image.layer_digests[0]
+    dst.blobs["new/app"] = {layer: image.blobs[layer]}
+    dst.faults.append(  # every mount: "no such repository" (a registry checking ``from``)
+        lambda r: error_response(404, "NAME_UNKNOWN") if "mount" in r.url.params else None
+    )
+
+    results = await sync(env.copier, request("source.test/team/app", "target.test/new/app"))
+
+    assert [r.status for r in results] == ["copied"]
+    assert len(dst.find("HEAD", "blob")) == len(image.blobs)  # each refused mount, then HEAD
+    uploaded = [r.params.get("digest") for r in dst.find("PUT", "upload")]
+    assert sorted(uploaded) == sorted(d for d in image.blobs if d != layer)
+    assert dst.blobs["new/app"] == image.blobs
+
+
+async def test_a_repository_with_tags_is_asked_by_head_and_never_relinked(env: Env) -> None:
+    src, dst = env.src, env.dst
+    old, new = make_image(35), make_image(36)
+    src.seed("team/app", "new", new)
+    dst.seed("team/app", "old", old)
+
+    results = await sync(env.copier, request("source.test/team/app", "target.test/team/app"))
+
+    assert [r.status for r in results] == ["copied"]
+    assert len(dst.find("HEAD", "blob")) == len(new.blobs)
+    assert all(mount is None for mount, _ in blob_posts(dst, "team/app"))
+
+
+async def test_a_dry_run_into_a_new_repository_writes_nothing(sleeps: RecordingSleep) -> None:
+    src, dst = FakeRegistry("source.test"), FakeRegistry("target.test")
+    image = make_image(37)
+    src.seed("team/app", "a", image)
+    async with src.client(sleep=sleeps) as source, dst.client(sleep=sleeps) as target:
+        copier = Copier(source, target, sleep=sleeps, dry_run=True)
+        results = await sync(copier, request("source.test/team/app", "target.test/new/app"))
+
+    assert [(r.status, r.blobs_missing) for r in results] == [("planned", len(image.blobs))]
+    assert dst.writes() == []
+    assert len(dst.find("HEAD", "blob")) == len(image.blobs)
 
 
 async def test_a_target_that_will_not_list_tags_is_asked_tag_by_tag(env: Env) -> None:
