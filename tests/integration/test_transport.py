@@ -1,4 +1,4 @@
-"""mirror.transport: httpcore's pool on asyncio streams, against real loopback sockets."""
+"""mirror.transport: the keep-alive pool on asyncio streams, against real loopback sockets."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import httpcore
 import httpx
 import pytest
 
+from mirror import transport
 from mirror.registry import Registry
-from mirror.transport import AsyncioBackend, pooled_transport, proxy_configured
+from mirror.transport import AsyncioBackend, _Pool, pooled_transport, proxy_configured
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -75,6 +75,74 @@ async def test_a_connection_the_server_closed_is_not_reused() -> None:
             assert (await http.get("/")).text == "ok"
             await asyncio.sleep(0.05)  # the FIN arrives while the connection idles
     assert len(connections) == 3
+
+
+async def keep_answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while True:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+
+
+async def test_concurrent_requests_each_get_a_connection_and_all_are_kept() -> None:
+    async with server(keep_answering) as (url, connections), client(url) as http:
+        answers = await asyncio.gather(*(http.get("/") for _ in range(4)))
+        assert [a.text for a in answers] == ["ok"] * 4
+        assert len(connections) == 4
+        await asyncio.gather(*(http.get("/") for _ in range(4)))
+        assert len(connections) == 4  # the four idle ones were reused
+
+
+async def test_no_more_than_the_bound_are_kept_idle() -> None:
+    async with server(keep_answering) as (url, connections), client(url) as http:
+        await asyncio.gather(*(http.get("/") for _ in range(6)))  # bound: 4
+        await asyncio.gather(*(http.get("/") for _ in range(6)))
+        assert len(connections) == 8  # 6, then 4 reused and 2 new
+
+
+async def test_a_response_left_unread_does_not_return_its_connection() -> None:
+    body = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100_000
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(body)
+            await writer.drain()
+
+    async with server(big) as (url, connections), client(url) as http:
+        async with http.stream("GET", "/") as response:
+            async for _chunk in response.aiter_raw():
+                break  # the rest of the body is still on the wire
+        assert len((await http.get("/")).content) == 100_000
+        assert len(connections) == 2
+
+
+async def test_an_idle_connection_past_its_expiry_is_not_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transport, "KEEPALIVE_EXPIRY_S", 0.05)
+    async with server(keep_answering) as (url, connections), client(url) as http:
+        await http.get("/")
+        await asyncio.sleep(0.1)
+        await http.get("/")
+        assert len(connections) == 2
+
+
+async def test_closing_the_client_closes_its_idle_connections() -> None:
+    ended = asyncio.Event()
+
+    async def until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        if not await reader.read(1):
+            ended.set()
+
+    async with server(until_eof) as (url, _):
+        async with client(url) as http:
+            await http.get("/")
+        async with asyncio.timeout(2):
+            await ended.wait()
 
 
 async def test_a_silent_server_is_a_read_timeout() -> None:
@@ -215,7 +283,7 @@ async def test_registries_use_the_asyncio_pool(monkeypatch: pytest.MonkeyPatch) 
     try:
         transport = registry._http._transport
         pool = getattr(transport, "_pool", None)
-        assert isinstance(pool, httpcore.AsyncConnectionPool)
-        assert isinstance(pool._network_backend, AsyncioBackend)
+        assert isinstance(pool, _Pool)
+        assert isinstance(pool._backend, AsyncioBackend)
     finally:
         await registry.aclose()
