@@ -7,9 +7,11 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import httpx
 import pytest
 
 from mirror.copy import Copier, CopyReport
+from mirror.manifest import parse_manifest
 from mirror.reference import Digest
 from mirror.registry import BLOB_CHUNK_BYTES, Registry
 from tests.unit.conftest import RecordingSleep
@@ -527,3 +529,57 @@ async def test_copy_never_raises_for_a_registry_failure(env: Setup) -> None:
 
     assert result.status == "failed"
     assert "source.test" in (result.error or "")
+
+
+class _SlowManifestPuts(httpx.AsyncBaseTransport):
+    """The fake target, with each manifest PUT taking a while: shows which PUTs overlap."""
+
+    def __init__(self, fake: FakeRegistry) -> None:
+        self.inner = fake.transport()
+        self.in_flight: list[str] = []  # digests each PUT in flight writes or reads
+        self.overlapped = 0  # PUTs that started while another was in flight
+        self.clashes: list[str] = []  # digests a PUT touched while another PUT touched them
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method != "PUT" or "/manifests/" not in request.url.path:
+            return await self.inner.handle_async_request(request)
+        body = await request.aread()
+        manifest = parse_manifest(body, request.headers["Content-Type"])
+        touched = [str(manifest.digest), *(str(c.digest) for c in manifest.children)]
+        self.overlapped += bool(self.in_flight)
+        self.clashes += [d for d in touched if d in self.in_flight]
+        self.in_flight += touched
+        try:
+            await asyncio.sleep(0.01)
+            return await self.inner.handle_async_request(request)
+        finally:
+            for digest in touched:
+                self.in_flight.remove(digest)
+
+
+async def test_manifest_puts_overlap_unless_they_touch_the_same_manifest(
+    sleeps: RecordingSleep,
+) -> None:
+    # distribution rewrites a repository's link to a manifest on every PUT of it, and a read
+    # of it meanwhile (an index checking its child, a HEAD of an alias) draws a 500.
+    src, dst = FakeRegistry("source.test"), FakeRegistry("target.test")
+    index, images = make_index(40), [make_image(41 + i) for i in range(3)]
+    src.seed(SRC_REPO, "multi", index)
+    src.seed(SRC_REPO, "multi-alias", index)
+    src.seed(SRC_REPO, "multi-amd64", index.children[0])  # a tag on one of its children
+    for child in index.children:  # there already: the index and that tag are PUT at once
+        dst.seed(DST_REPO, None, child)
+    for i, image in enumerate(images):
+        src.seed(SRC_REPO, f"v{i}", image)
+    slow = _SlowManifestPuts(dst)
+    target = Registry(dst.host, endpoint=f"https://{dst.host}", transport=slow, sleep=sleeps)
+    async with src.client(sleep=sleeps) as source, target:
+        copier = Copier(source, target, sleep=sleeps)
+        tags = ["multi", "multi-alias", "multi-amd64", "v0", "v1", "v2"]
+        results = await asyncio.gather(*(copier.copy(SRC_REPO, t, DST_REPO) for t in tags))
+
+    assert [r.status for r in results] == ["copied"] * 6
+    assert slow.overlapped >= 2  # unrelated manifests went side by side...
+    assert slow.clashes == []  # ... but never two that touch the same one
+    for tag in tags:
+        assert dst.tags[DST_REPO][tag] == src.tags[SRC_REPO][tag]
