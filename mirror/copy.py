@@ -12,12 +12,14 @@ The copy, step by step:
 3. Collect the blobs (config and layers) of everything that will be pushed; HEAD each on the
    target; keep only the missing ones. Where the blob is known to live in another repository
    of the target, try a cross-repository mount first (201 = mounted, 202 = upload instead).
+   In a repository without tags the HEAD and the upload's POST are one request: a mount
+   from the repository itself (201 = there already, 202 = the upload; see ``tagless``).
 4. Stream each missing blob from a GET into an upload (POST, then PUT ``?digest=`` with an
    explicit Content-Length), hashing as it flows; never hold a blob in memory. A wrong hash
    aborts that blob and nothing that refers to it is pushed. Bounded concurrency.
 5. Push child manifests by digest, then the index (or image manifest) under the tag, always
    the original bytes with the original media type. The tag is written last, so the target
-   never holds a tag that points at missing content.
+   never holds a tag that points at missing content, and read back.
 
 A dry run stops after step 3 and reports what it would move.
 """
