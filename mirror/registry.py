@@ -298,14 +298,18 @@ class Registry:
         refuses the request itself (400, 404, 405: some answer so for a source repository
         that does not exist) has declined too, without a session.
         """
-        response = await self._send(
-            "POST", f"/v2/{repository}/blobs/uploads/", params={"mount": digest, "from": source}
+        what = f"mount of blob {digest} into {repository}"
+        response = await self._retrying(  # as an upload's POST is: at worst a spare session
+            "POST",
+            f"/v2/{repository}/blobs/uploads/",
+            what=what,
+            params={"mount": digest, "from": source},
         )
         if response.status_code == 201:
             return MountResult(mounted=True)
         if response.status_code in (400, 404, 405):
             return MountResult(mounted=False)
-        await self._raise_for(response, what=f"mount of blob {digest} into {repository}")
+        await self._raise_for(response, what=what)
         return MountResult(mounted=False, upload_url=self._location(response))
 
     async def upload_blob(

@@ -364,6 +364,31 @@ async def test_mount_blob_from_a_sibling_repository(fake: FakeRegistry, client: 
     assert (post.params["mount"], post.params["from"]) == (digest, REPO)
 
 
+async def test_a_mount_is_retried_after_a_server_error(
+    fake: FakeRegistry, client: Registry, sleeps: RecordingSleep
+) -> None:
+    # A first sync's every blob starts with a mount: a passing 503 must not fail the blob.
+    digest = Digest(next(iter(make_image(1).blobs)))
+    fake.fail(503, kind="upload-start", times=1)
+
+    result = await client.mount_blob("mirror/app", digest, REPO)
+
+    assert result.mounted
+    assert len(fake.find("POST", "upload-start")) == 2
+    assert len(sleeps.calls) == 1
+
+
+async def test_a_mount_refused_outright_is_declined_without_a_session(
+    fake: FakeRegistry, client: Registry
+) -> None:
+    digest = Digest(next(iter(make_image(1).blobs)))
+    fake.fail(404, kind="upload-start", code="NAME_UNKNOWN", times=1)
+
+    result = await client.mount_blob("mirror/app", digest, "no/such-repo")
+
+    assert (result.mounted, result.upload_url) == (False, None)
+
+
 async def test_declined_mount_returns_an_upload_session_to_use_instead(
     client: Registry, fake: FakeRegistry
 ) -> None:
