@@ -128,52 +128,13 @@ class _Stream(httpcore.AsyncNetworkStream):
         return self._writer.get_extra_info(name) if name else None
 
 
-class AsyncioBackend(httpcore.AsyncNetworkBackend):
-    """Opens connections for httpcore with asyncio directly."""
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        opening = asyncio.open_connection(
-            host,
-            port,
-            local_addr=(local_address, 0) if local_address else None,
-            limit=READ_BUFFER_BYTES,
-        )
-        stream = await _connected(opening, f"{host}:{port}", timeout)
-        sock = stream.get_extra_info("socket")
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        return stream
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        opening = asyncio.open_unix_connection(path, limit=READ_BUFFER_BYTES)
-        return await _connected(opening, path, timeout)
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-async def _connected(
-    opening: Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]],
-    where: str,
-    timeout: float | None,
-) -> _Stream:
-    """Await a connection being opened, its failures in httpcore's terms."""
+async def open_tcp(host: str, port: int, timeout: float | None) -> _Stream:
+    """A TCP connection for httpcore on asyncio's streams, its failures in httpcore's terms."""
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await opening
+            reader, writer = await asyncio.open_connection(host, port, limit=READ_BUFFER_BYTES)
     except TimeoutError:
+        where = f"{host}:{port}"
         raise httpcore.ConnectTimeout(f"no connection to {where} within {timeout:g} s") from None
     except OSError as exc:
         raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
@@ -197,7 +158,6 @@ class _Pool:
     def __init__(self, ssl_context: ssl.SSLContext, max_idle: int) -> None:
         self._ssl_context = ssl_context
         self._max_idle = max_idle
-        self._backend = AsyncioBackend()
         self._idle: dict[_Key, list[httpcore.AsyncHTTP11Connection]] = {}  # per origin
         self._closed = False
 
@@ -228,7 +188,7 @@ class _Pool:
         origin = request.url.origin
         host = origin.host.decode("ascii")
         timeout = request.extensions.get("timeout", {}).get("connect")
-        stream = await self._backend.connect_tcp(host, origin.port, timeout=timeout)
+        stream: httpcore.AsyncNetworkStream = await open_tcp(host, origin.port, timeout)
         if origin.scheme == b"https":
             sni = request.extensions.get("sni_hostname") or host
             try:
