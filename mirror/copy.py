@@ -650,8 +650,7 @@ class Copier:
                         and upload_url is None  # refused outright: a HEAD tells instead
                         and await self.target.blob_exists(target_repo, blob.digest)
                     ):
-                        self._blob_homes.setdefault(blob.digest, target_repo)
-                        self._blob_present[(target_repo, blob.digest)] = _resolved(True)
+                        self._now_holds(target_repo, blob.digest)
                         if home == target_repo:
                             self.report.blobs_present += 1
                             return False
@@ -673,14 +672,19 @@ class Copier:
                             await self._stream_blob(source_repo, target_repo, blob, upload_url)
                         finally:
                             upload_url = None  # a failed session is not reused
-                self._blob_homes.setdefault(blob.digest, target_repo)
-                self._blob_present[(target_repo, blob.digest)] = _resolved(True)
+                self._now_holds(target_repo, blob.digest)
                 self.report.blobs_copied += 1
                 self.report.bytes_copied += blob.size
                 return True
         finally:
             if first is None:
                 self._blob_streams[blob.digest].set_result(None)
+
+    def _now_holds(self, repo: str, digest: Digest) -> None:
+        """Remember that ``repo`` on the target holds the blob: later tags neither ask nor
+        send it, and other repositories mount it from there."""
+        self._blob_homes.setdefault(digest, repo)
+        self._blob_present[(repo, digest)] = _resolved(True)
 
     async def _stream_blob(
         self, source_repo: str, target_repo: str, blob: Descriptor, upload_url: str | None

@@ -82,6 +82,9 @@ class _NoCookies(httpx.Cookies):
         return False
 
 
+_NO_COOKIES = _NoCookies()
+
+
 class _Client(httpx.AsyncClient):
     """httpx's client without a cookie jar. Registry APIs are stateless and docker and
     containerd keep no cookies; httpx would read every response's into its jar (4-5 % of a
@@ -89,7 +92,7 @@ class _Client(httpx.AsyncClient):
 
     @property
     def cookies(self) -> httpx.Cookies:
-        return _NoCookies()
+        return _NO_COOKIES  # asked twice per request: one empty jar, not a new one each time
 
     @cookies.setter
     def cookies(self, cookies: Any) -> None:

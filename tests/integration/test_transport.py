@@ -49,14 +49,15 @@ def client(base_url: str, **kwargs: object) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=base_url, transport=transport, **kwargs)  # type: ignore[arg-type]
 
 
-async def test_keep_alive_reuses_one_connection() -> None:
-    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader)
-            writer.write(OK)
-            await writer.drain()
+async def keep_answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while True:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
 
-    async with server(keep_alive) as (url, connections), client(url) as http:
+
+async def test_keep_alive_reuses_one_connection() -> None:
+    async with server(keep_answering) as (url, connections), client(url) as http:
         for _ in range(5):
             assert (await http.get("/")).text == "ok"
     assert len(connections) == 1
@@ -75,13 +76,6 @@ async def test_a_connection_the_server_closed_is_not_reused() -> None:
             assert (await http.get("/")).text == "ok"
             await asyncio.sleep(0.05)  # the FIN arrives while the connection idles
     assert len(connections) == 3
-
-
-async def keep_answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while True:
-        await read_request(reader)
-        writer.write(OK)
-        await writer.drain()
 
 
 async def test_concurrent_requests_each_get_a_connection_and_all_are_kept() -> None:
