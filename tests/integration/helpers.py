@@ -1,8 +1,8 @@
 """Running the real ``mirror`` command against the test registries, and reading what it did.
 
-Runs ``python -m mirror`` in a subprocess with a throwaway HOME and DOCKER_CONFIG, so no
-credentials of the machine's own leak in, and returns exit code, output and the parsed
-``--json`` report.
+Runs ``python -m mirror`` (or, with ``program``, another installed ``mirror``) in a subprocess
+with a throwaway HOME and DOCKER_CONFIG, so no credentials of the machine's own leak in, and
+returns exit code, output and the parsed ``--json`` report.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +34,7 @@ class HasHost(Protocol):
 
 WRITE_METHODS = frozenset({"PUT", "POST", "PATCH", "DELETE"})
 HUB_USER, HUB_PASSWORD = "tester", "s3cret-pa55"  # tests.support.tokenserver.DEFAULT_USERS
+MIRROR = (sys.executable, "-m", "mirror")  # the checkout's mirror, in the suite's own venv
 
 
 @dataclass
@@ -55,21 +56,33 @@ class Run:
         raise AssertionError(f"no result for {tag} in {self.report['tags']}")
 
 
-def run_mirror(
-    *args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 120
-) -> Run:
-    """Run ``mirror ARGS`` as a user would, with a clean home directory."""
+def user_environment(home: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a user's ``mirror`` runs with: this one without MIRROR_* and DOCKER_*
+    settings, HOME and DOCKER_CONFIG in a throwaway directory, then ``env``."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("MIRROR_", "DOCKER_"))}
     environment.update(
         HOME=str(home), DOCKER_CONFIG=str(home / ".docker"), PYTHONUNBUFFERED="1", **(env or {})
     )
+    return environment
+
+
+def run_mirror(
+    *args: str,
+    home: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    program: Sequence[str] = MIRROR,
+    cwd: Path | None = None,
+) -> Run:
+    """Run ``mirror ARGS`` as a user would, with a clean home directory."""
     completed = subprocess.run(
-        [sys.executable, "-m", "mirror", *args],
+        [*program, *args],
         capture_output=True,
         text=True,
-        env=environment,
+        env=user_environment(home, env),
         timeout=timeout,
         check=False,
+        cwd=cwd,
     )
     return Run(completed.returncode, completed.stdout, completed.stderr)
 
@@ -107,16 +120,23 @@ WAIT_S = 20.0  # generous: a run takes well under a second here
 class Daemon:
     """A running ``mirror run`` with its log lines collected as they come."""
 
-    def __init__(self, config: Path, home: Path, port: int, *extra: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MIRROR_", "DOCKER_"))}
-        env.update(HOME=str(home), DOCKER_CONFIG=str(home / ".docker"), HUB_PW=HUB_PASSWORD)
+    def __init__(
+        self,
+        config: Path,
+        home: Path,
+        port: int,
+        *extra: str,
+        program: Sequence[str] = MIRROR,
+        cwd: Path | None = None,
+    ) -> None:
         self.port = port
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mirror", "run", "--config", str(config), *extra],
+            [*program, "run", "--config", str(config), *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=env,
+            env=user_environment(home, {"HUB_PW": HUB_PASSWORD}),
+            cwd=cwd,
         )
         self.lines: list[dict[str, Any]] = []
         self.raw: list[str] = []
