@@ -1,8 +1,11 @@
 """Which tags to mirror: regular-expression allow/deny, version ranges, newest N, aliases.
 
 Owns the rules and the decision, with a reason for every tag (``mirror tags`` shows them).
-Versions are read with ``packaging`` (``2.1.106``, ``v2.1``; ``1.2.3-rc.1`` is a pre-release);
-ranges use its specifier syntax (``">=2.1, <4"``, ``"==2.*"``). Pure: no I/O, no registry.
+Versions are read with ``packaging`` (``2.1.106``, ``v2.1``; ``1.2.3-rc.1`` is a pre-release).
+Ranges are PEP 440 specifiers (``">=2.1, <4"``, ``"==2.*"``, ``"~=2.1.0"``) or the npm/Cargo
+spellings, translated to PEP 440 (``parse_range``): ``^1.2``, ``~1.2.3``, ``1.2.x``, ``*``,
+``=1.2.3``, space-separated terms (``">=1.2 <2"``) and ``||`` between alternatives.
+Pure: no I/O, no registry.
 
 The seed's tagging scheme: full versions ``X.Y.Z`` never move; aliases ``X``, ``X.Y`` and
 ``latest`` move to the newest version below them. Following ``2.1`` means patch updates;
@@ -15,7 +18,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from mirror.errors import ConfigError
@@ -25,13 +28,19 @@ from mirror.errors import ConfigError
 DEFAULT_IMMUTABLE = r"v?\d+\.\d+\.\d+"
 LATEST = "latest"
 
+# A range term: an operator (or none) and a version, blanks allowed between (">= 2.1", "2.x").
+_TERM = re.compile(r"(?P<op>[<>=!~^]*)\s*(?P<version>[^\s,<>=!~^]*)")
+_PEP440_OPERATORS = frozenset({"===", "==", "~=", "!=", "<=", ">=", "<", ">"})
+_WILDCARDS = frozenset({"x", "X", "*"})  # npm writes 1.2.x, 1.2.X and 1.2.* alike
+
 
 @dataclass(frozen=True, slots=True)
 class TagRules:
     """The tag rules of a mirror entry (or of ``mirror sync``/``mirror tags`` flags).
 
     ``allow``/``deny``: regular expressions matched against the whole tag; deny wins.
-    ``versions``: a range such as ``">=2.1, <4"``; tags that are not versions are left out.
+    ``versions``: a range such as ``">=2.1, <4"`` or ``"^2.1 || ^3"`` (see ``parse_range``);
+    tags that are not versions are left out.
     ``prereleases``: let ``1.2.3-rc.1`` and the like through a range or ``newest``.
     ``newest``: keep only the N highest full versions.
     ``aliases``: also keep the moving aliases (``2``, ``2.1``, ``latest``) whose newest
@@ -55,13 +64,7 @@ class TagRules:
                         f"tags.{kind}: bad regular expression {pattern!r}: {exc}"
                     ) from None
         if self.versions is not None:
-            try:
-                SpecifierSet(self.versions)
-            except InvalidSpecifier:
-                raise ConfigError(
-                    f"tags.versions: bad version range {self.versions!r}; write it like "
-                    '">=2.1, <4" or "==2.*"'
-                ) from None
+            parse_range(self.versions)
         if self.newest is not None and self.newest < 1:
             raise ConfigError(f"tags.newest: must be at least 1, not {self.newest}")
 
@@ -102,6 +105,91 @@ def parse_version(tag: str) -> Version | None:
     return None if version.local else version  # 1.0+build is a build label, not an order
 
 
+@dataclass(frozen=True, slots=True)
+class VersionRange:
+    """A parsed ``tags.versions``: PEP 440 specifier sets, any one of which admits a version."""
+
+    text: str
+    alternatives: tuple[SpecifierSet, ...]
+
+    def contains(self, version: Version, prereleases: bool | None = None) -> bool:
+        """Whether any alternative admits ``version``; ``prereleases`` as in ``SpecifierSet``."""
+        return any(s.contains(version, prereleases=prereleases) for s in self.alternatives)
+
+
+def parse_range(text: str) -> VersionRange:
+    """The range ``text`` spells, in PEP 440 or npm/Cargo syntax; ConfigError if in neither.
+
+    ``||`` separates alternatives. Within one, terms are separated by commas or blanks and all
+    must hold. PEP 440 terms are kept as written; the others are translated:
+
+    - ``^1.2`` -> ``>=1.2, <2``; ``^0.3`` -> ``>=0.3, <0.4``: the left-most non-zero
+      component is fixed, as npm and Cargo have it.
+    - ``~1.2.3`` and ``~1.2`` -> ``>=1.2.3, <1.3`` and ``>=1.2, <1.3``; ``~1`` -> ``>=1, <2``.
+    - ``1.2.x``, ``1.2.X``, ``1.2.*`` -> ``==1.2.*``; ``*`` and ``x`` -> any version.
+    - ``=1.2.3`` -> ``==1.2.3``.
+
+    A bare version (``1.2``) is refused: npm reads it as ``1.2.x``, Cargo as ``^1.2``.
+    """
+    alternatives = text.split("||")
+    try:
+        if len(alternatives) > 1 and not all(a.strip() for a in alternatives):
+            raise ValueError("empty alternative")  # npm reads it as "any": surely a slip here
+        sets = tuple(SpecifierSet(_to_pep440(a)) for a in alternatives)
+    except ValueError:  # InvalidSpecifier and InvalidVersion are ValueErrors too
+        raise ConfigError(
+            f"tags.versions: bad version range {text!r}; write it like "
+            '">=2.1, <4" or "==2.*" (PEP 440), or "^2.1 || ~3.0.1", ">=2.1 <4", "2.x", '
+            '"=2.1.3" (npm, Cargo)'
+        ) from None
+    return VersionRange(text, sets)
+
+
+def _to_pep440(alternative: str) -> str:
+    """One ``||`` alternative as a PEP 440 specifier string ("" admits any version)."""
+    terms = (_term(m["op"], m["version"]) for m in _TERM.finditer(alternative) if m[0].strip())
+    return ", ".join(t for t in terms if t)
+
+
+def _term(op: str, version: str) -> str:
+    """One term in PEP 440 ("" for any version); ValueError when it is in neither syntax."""
+    if op in ("^", "~"):
+        return _caret_or_tilde(op, version)
+    prefix, wildcard = _strip_wildcards(version)
+    if op == "=" or (op == "" and wildcard):  # npm: =1.2.3 is exact, 1.2.x a wildcard
+        op = "=="
+    if wildcard and op == "==" and not prefix:
+        return ""  # *, x
+    if wildcard and op in ("==", "!=") and prefix:
+        version = f"{prefix}.*"
+    if op not in _PEP440_OPERATORS:
+        # "" too: a bare 1.2 is 1.2.x to npm and ^1.2 to Cargo, so neither is guessed.
+        raise ValueError(f"operator {op!r}")
+    return f"{op}{version}"
+
+
+def _caret_or_tilde(op: str, version: str) -> str:
+    """``^V`` or ``~V`` as ``>=V, <U``: U raises the last component that V keeps fixed."""
+    lower = Version(_strip_wildcards(version)[0])  # ^1.x is ^1, as in npm
+    release = lower.release
+    if op == "^":
+        # The left-most non-zero component, or the last one given when all are zero (^0.0).
+        fixed = next((i for i, n in enumerate(release) if n), len(release) - 1) + 1
+    else:
+        fixed = min(len(release), 2)  # ~1.2.3 and ~1.2 allow patches, ~1 minor versions
+    upper = (*release[: fixed - 1], release[fixed - 1] + 1)
+    return f">={lower}, <{'.'.join(map(str, upper))}"
+
+
+def _strip_wildcards(version: str) -> tuple[str, bool]:
+    """``1.2.x`` -> ``("1.2", True)``; ``1.x.x`` -> ``("1", True)``; ``*`` -> ``("", True)``."""
+    parts = version.split(".")
+    kept = list(parts)
+    while kept and kept[-1] in _WILDCARDS:
+        kept.pop()
+    return ".".join(kept), len(kept) < len(parts)
+
+
 def is_full_version(tag: str, immutable: str = DEFAULT_IMMUTABLE) -> bool:
     """Whether ``tag`` names one build forever (default: ``X.Y.Z`` with an optional ``v``)."""
     return re.fullmatch(immutable, tag) is not None
@@ -112,7 +200,7 @@ def select(tags: Iterable[str], rules: TagRules) -> Selection:
     tags = sorted(set(tags), key=_display_order)
     versions = {t: v for t in tags if (v := parse_version(t)) is not None}
     full = _full_versions(versions)
-    specifier = SpecifierSet(rules.versions) if rules.versions is not None else None
+    version_range = parse_range(rules.versions) if rules.versions is not None else None
     decisions: dict[str, Decision] = {}
 
     def decide(tag: str, selected: bool, reason: str) -> None:
@@ -128,7 +216,7 @@ def select(tags: Iterable[str], rules: TagRules) -> Selection:
             decide(tag, False, "matches no allow pattern")
             continue
         version = versions.get(tag)
-        if specifier is not None or rules.newest is not None:
+        if version_range is not None or rules.newest is not None:
             if version is None:
                 decide(tag, False, "not a version")
                 continue
@@ -138,7 +226,7 @@ def select(tags: Iterable[str], rules: TagRules) -> Selection:
             if tag not in full:
                 decide(tag, False, "a moving alias, not a full version")
                 continue
-            if specifier is not None and not specifier.contains(version, prereleases=True):
+            if version_range is not None and not version_range.contains(version, prereleases=True):
                 decide(tag, False, f"outside {rules.versions}")
                 continue
         candidates.append(tag)
