@@ -55,6 +55,8 @@ def parse_duration(value: Any, *, allow_zero: bool = False) -> float:
         raise ValueError('a duration is like "30m", "6h" or "1h30m"')
     if isinstance(value, int | float):
         seconds = float(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*\d+(?:\.\d+)?\s*", value):
+        seconds = float(value)  # a number of seconds, as environment variables spell one
     elif isinstance(value, str) and value.strip():
         text = value.strip().replace(" ", "")
         parts = _DURATION_PART.findall(text)

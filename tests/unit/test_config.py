@@ -187,6 +187,21 @@ def test_bad_environment_value_is_a_config_error_naming_the_key(
         load_config(write(tmp_path, FULL))
 
 
+def test_nested_keys_come_from_the_environment_with_a_double_underscore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIRROR_DAEMON__LISTEN", "0.0.0.0:9999")
+    monkeypatch.setenv("MIRROR_DAEMON__JITTER", "0")  # environment values are text: seconds
+    monkeypatch.setenv("MIRROR_REGISTRIES", '{"registry.local:5000": {"insecure": true}}')
+
+    config = load_config(write(tmp_path, FULL))
+
+    assert config.daemon.listen == "0.0.0.0:9999"
+    assert config.daemon.jitter == 0
+    assert config.registry("registry.local:5000").insecure
+    assert config.registry("docker.io").username == "alice", "registries merge key by key"
+
+
 def test_mirror_config_variable_itself_is_not_a_setting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
