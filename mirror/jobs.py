@@ -38,7 +38,9 @@ _TAG_EVENTS = {
     "copied": ("info", "tag synced"),
     "planned": ("info", "tag would sync"),
     "failed": ("error", "tag failed"),
-    "deferred": ("warning", "tag deferred"),
+    # Not a failure: the tag arrives when the pull window frees (journalctl -p warning shows
+    # failures only).
+    "deferred": ("info", "tag deferred"),
 }
 
 
@@ -269,7 +271,7 @@ async def run_entry(
     else:
         outcome = "success"
     result = JobResult(job, source_registry, outcome, report, seconds, error=error)
-    log_method = log.info if outcome == "success" else log.warning
+    log_method = {"success": log.info, "partial": log.warning, "failed": log.error}[outcome]
     log_method(
         "job run",
         job=job,
