@@ -2,8 +2,8 @@
 
 The only module that calls ``asyncio.run``. Exit codes: 0 every selected tag is in sync,
 1 something failed (one line per failure on stderr), 2 usage or config errors, 3 some tags
-were deferred to spare the source's pull limit (nothing failed). Heavy imports
-wait until a command runs, so ``mirror --help`` and no-op syncs start fast.
+were deferred to spare the source's pull limit (nothing failed; ``--deferred-ok`` makes that
+0). Heavy imports wait until a command runs, so ``mirror --help`` and no-op syncs start fast.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from mirror import __version__
+
 if TYPE_CHECKING:
     from mirror.copy import CopyReport
     from mirror.jobs import SyncRequest
@@ -25,13 +27,45 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DEFERRED = 0, 1, 2, 3
 JOBS_IN_FLIGHT = 4  # `sync --all`: entries run at once; each bounds its own transfers
+LOG_LEVELS = ("debug", "info", "warning", "error")
+HEALTHCHECK_TIMEOUT_S = 4.0  # under Docker's default HEALTHCHECK --timeout of 30 s, and ours
+EPILOG = (
+    "Exit status: 0 in sync, 1 something failed, 2 usage or config error, 3 tags deferred "
+    "to spare the source's pull limit (nothing failed). Defaults come from the config file "
+    "(--config, else $MIRROR_CONFIG), then MIRROR_* environment variables, then mirror's own."
+)
+
+
+def _with_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML config (default: $MIRROR_CONFIG; without either, built-in defaults and "
+        "MIRROR_* environment variables)",
+    )
+
+
+def _with_logging(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="the least severe log line to write (default: info)",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="write only failures (errors), nothing on success: for cron, which mails output",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mirror",
         description="Mirror container images into a local registry, copying only what is missing.",
+        epilog=EPILOG,
     )
+    parser.add_argument("--version", action="version", version=f"mirror {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sync = commands.add_parser(
         "sync",
@@ -40,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Copy images into the target registry. REF without a tag means every tag of that "
             "repository; with a tag, that tag; with a digest, that manifest."
         ),
+        epilog=EPILOG,
     )
     sync.add_argument("refs", nargs="*", metavar="REF", help="e.g. diamol/golang, golang:1.22")
     sync.add_argument(
@@ -53,13 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="a registry (localhost:5000: repository paths kept) or one repository "
         "(registry.local:5000/gallery/ui); default: the config's target, else localhost:5000",
     )
-    sync.add_argument("--config", metavar="FILE", help="TOML config (default: $MIRROR_CONFIG)")
+    _with_config(sync)
     sync.add_argument("--dry-run", action="store_true", help="report what would move; move nothing")
     sync.add_argument("--json", action="store_true", help="print the report as one JSON object")
     sync.add_argument(
-        "--concurrency", type=int, metavar="N", help="blob transfers at once (default 4)"
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="blob transfers at once (default: the config's concurrency, else 4)",
     )
-    sync.add_argument("--shard", metavar="I/N", help="with --all: only this shard's entries")
+    sync.add_argument(
+        "--shard", metavar="I/N", help="with --all: only shard I of N's entries (0-based)"
+    )
+    sync.add_argument(
+        "--deferred-ok",
+        action="store_true",
+        help="exit 0, not 3, when tags were only deferred to spare the pull limit (for "
+        "schedulers such as a Kubernetes CronJob that retry a failed run at once)",
+    )
+    _with_logging(sync)
     _add_rule_arguments(sync)
     sync.add_argument(
         "--platform",
@@ -84,10 +131,25 @@ def build_parser() -> argparse.ArgumentParser:
     tags = commands.add_parser(
         "tags",
         help="list which tags of a repository the rules select, and why; copy nothing",
-        description="List a repository's tags with the decision for each. Costs no pulls.",
+        description=(
+            "List a repository's tags with the decision for each. Costs no pulls. With "
+            "--entry, the rules (and, for a repository entry, the repository) of a configured "
+            "[[mirrors]] entry."
+        ),
     )
-    tags.add_argument("ref", metavar="REPOSITORY", help="e.g. diamol/golang")
-    tags.add_argument("--config", metavar="FILE", help="TOML config (default: $MIRROR_CONFIG)")
+    tags.add_argument(
+        "ref",
+        nargs="?",
+        metavar="REPOSITORY",
+        help="e.g. diamol/golang (default with --entry: the entry's source)",
+    )
+    tags.add_argument(
+        "--entry",
+        metavar="SOURCE",
+        help="preview this [[mirrors]] entry's tag rules: its source as written in the "
+        "config (or its job name, 'SOURCE -> TARGET', when two entries share a source)",
+    )
+    _with_config(tags)
     tags.add_argument("--json", action="store_true", help="print the decisions as JSON")
     tags.add_argument(
         "--selected", action="store_true", help="print only the selected tags, one a line"
@@ -103,9 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
             "quota left at each source. Moves nothing (it reads manifests it needs to size)."
         ),
     )
-    plan.add_argument("--config", metavar="FILE", help="TOML config (default: $MIRROR_CONFIG)")
+    _with_config(plan)
     plan.add_argument("--json", action="store_true", help="print the plan as one JSON object")
-    plan.add_argument("--shard", metavar="I/N", help="only this shard's entries")
+    plan.add_argument("--shard", metavar="I/N", help="only shard I of N's entries (0-based)")
     plan.add_argument("--recheck", action="store_true", help="check full versions upstream too")
 
     show = commands.add_parser(
@@ -117,7 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
             "registry whether its password can be read. Passwords are never printed."
         ),
     )
-    show.add_argument("--config", metavar="FILE", help="TOML config (default: $MIRROR_CONFIG)")
+    _with_config(show)
+    show.add_argument(
+        "--check",
+        action="store_true",
+        help="print nothing but problems: exit 2 when the config is invalid or a password it "
+        "names cannot be read (for systemd's ExecStartPre=)",
+    )
 
     run = commands.add_parser(
         "run",
@@ -125,15 +193,29 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Keep the target in step: one job per [[mirrors]] entry, run at start-up and then "
             "on its interval or cron schedule. SIGTERM/SIGINT stop it cleanly, SIGHUP reloads "
-            "the config. Health and metrics are served on [daemon] listen."
+            "the config. Health and metrics are served on [daemon] listen (default "
+            "127.0.0.1:9755)."
         ),
+        epilog=EPILOG,
     )
-    run.add_argument("--config", metavar="FILE", help="TOML config (default: $MIRROR_CONFIG)")
+    _with_config(run)
     run.add_argument(
         "--shard",
         metavar="I/N",
         help="run only the entries of shard I of N (0-based), so N replicas share the work",
     )
+    _with_logging(run)
+
+    health = commands.add_parser(
+        "healthcheck",
+        help="exit 0 when the daemon here answers /healthz (a container's HEALTHCHECK)",
+        description=(
+            "Ask the daemon's /healthz at [daemon] listen (0.0.0.0 and :: are asked on "
+            "loopback). Exit 0 when it answers 200, or when this container's main process is "
+            "not `mirror run` (a `sync --all` container has nothing to check); 1 otherwise."
+        ),
+    )
+    _with_config(health)
     return parser
 
 
@@ -188,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("sync: give REFs or --all, not both")
     if args.command == "sync" and not args.all and not args.refs:
         parser.error("sync: give at least one REF, or --all to run every configured entry")
+    if args.command == "sync" and args.refs and args.shard:
+        parser.error("sync: --shard splits the configured entries; it takes --all, not REFs")
+    if args.command == "tags" and not args.ref and not args.entry:
+        parser.error("tags: give a REPOSITORY, or --entry SOURCE for a configured entry")
     from mirror.errors import MirrorError
 
     try:
@@ -203,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             return _until_signal(_plan(args))
         if args.command == "config":
             return _show_config(args)
+        if args.command == "healthcheck":
+            return _healthcheck(args)
     except MirrorError as exc:
         _error(str(exc))
         return EXIT_USAGE
@@ -270,7 +358,7 @@ async def _sync(args: argparse.Namespace) -> int:
     started = time.monotonic()
     clients = Clients(config)
     report = CopyReport(dry_run=args.dry_run)
-    show_progress = sys.stderr.isatty() and not args.json
+    show_progress = sys.stderr.isatty() and not args.json and not args.quiet
     display = _ProgressDisplay() if show_progress else None
     try:
         if failure := await _preflight(clients, requests):
@@ -311,14 +399,19 @@ async def _sync(args: argparse.Namespace) -> int:
         document = report.as_dict()
         document["seconds"] = round(elapsed, 3)
         print(json.dumps(document))
-    else:
+    elif not args.quiet:
         _print_report(report, elapsed)
     for result in report.tags:
-        if result.status in ("failed", "deferred"):
+        if result.status == "failed" or (result.status == "deferred" and not args.quiet):
             _error(f"{result.source}: {result.error}")
     if report.tags_failed:
         return EXIT_FAILED
-    return EXIT_DEFERRED if report.tags_deferred else EXIT_OK
+    return _deferred_exit(args) if report.tags_deferred else EXIT_OK
+
+
+def _deferred_exit(args: argparse.Namespace) -> int:
+    """Exit 3 when tags were deferred to spare the pull limit; 0 with ``--deferred-ok``."""
+    return EXIT_OK if args.deferred_ok else EXIT_DEFERRED
 
 
 async def _tags(args: argparse.Namespace) -> int:
@@ -330,8 +423,15 @@ async def _tags(args: argparse.Namespace) -> int:
     from mirror.selection import select
 
     config = load_config(config_path(args.config))
-    repository = parse_repository(args.ref)
     rules = rules_from(args)
+    if args.entry is not None:
+        if not rules.selects_everything:
+            raise MirrorError("--entry takes the entry's own tag rules; give no rule flags")
+        entry = _configured_entry(config, args.entry)
+        rules = entry.tags.rules()
+        repository = parse_repository(args.ref or _entry_repository(entry, config.target))
+    else:
+        repository = parse_repository(args.ref)
     clients = Clients(config)
     try:
         tags = await clients.get(repository.registry).list_tags(repository.repository)
@@ -366,13 +466,58 @@ async def _tags(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _configured_entry(config: Any, wanted: str) -> Any:
+    """The ``[[mirrors]]`` entry whose source (as written) or job name is ``wanted``."""
+    from mirror.errors import ConfigError
+
+    by_job = [e for e in config.mirrors if e.job_id(config.target) == wanted]
+    by_source = [e for e in config.mirrors if e.source == wanted]
+    found = by_job or by_source
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        sources = ", ".join(e.source for e in config.mirrors) or "none"
+        raise ConfigError(f"--entry {wanted}: no [[mirrors]] entry has it as source ({sources})")
+    jobs = "; ".join(e.job_id(config.target) for e in found)
+    raise ConfigError(
+        f"--entry {wanted}: {len(found)} entries have that source; give one of: {jobs}"
+    )
+
+
+def _entry_repository(entry: Any, default_target: str) -> str:
+    """The repository whose tags an entry's rules choose from (its source, untagged)."""
+    from mirror.errors import ConfigError
+
+    if entry.is_namespace:
+        raise ConfigError(
+            f"--entry {entry.source} covers a namespace: give one of its repositories as well"
+        )
+    source, _ = entry.endpoints(default_target)
+    if source.tag or source.digest:
+        raise ConfigError(f"--entry {entry.source} names one tag or digest; it has no tag rules")
+    return str(source)
+
+
 def _show_config(args: argparse.Namespace) -> int:
-    """``mirror config``: the resolved config as JSON, with every secret masked."""
+    """``mirror config``: the resolved config as JSON, with every secret masked.
+
+    ``--check`` prints nothing but problems and exits 2 when there are any: an invalid config
+    (raised, as for every command) or a password it names that cannot be read."""
     from mirror.config import config_path, load_config
     from mirror.errors import ConfigError
 
     path = config_path(args.config)
     config = load_config(path)
+    if args.check:
+        problems = []
+        for name in config.registries:
+            try:
+                config.credentials(name)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        for problem in problems:
+            _error(f"config {path or 'environment'}: {problem}")
+        return EXIT_USAGE if problems else EXIT_OK
     document = config.model_dump(mode="json")
     for name in document["registries"]:
         try:
@@ -509,7 +654,11 @@ async def _sync_all(args: argparse.Namespace) -> int:
     entries = [e for e in config.mirrors if shard is None or shard.owns(e.job_id(config.target))]
     if not config.mirrors:
         raise ConfigError(f"config {path or 'environment'}: no [[mirrors]] entries to run")
-    configure_logging(config.daemon.log_format, stream=sys.stderr if args.json else sys.stdout)
+    configure_logging(
+        config.daemon.log_format,
+        level=_log_level(args),
+        stream=sys.stderr if args.json else sys.stdout,
+    )
     clients = Clients(config)
     bound = asyncio.Semaphore(JOBS_IN_FLIGHT)
 
@@ -540,7 +689,7 @@ async def _sync_all(args: argparse.Namespace) -> int:
         )
     if any(r.outcome != "success" for r in results):
         return EXIT_FAILED
-    return EXIT_DEFERRED if any(r.report.tags_deferred for r in results) else EXIT_OK
+    return _deferred_exit(args) if any(r.report.tags_deferred for r in results) else EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -551,8 +700,62 @@ def _run(args: argparse.Namespace) -> int:
 
     path = config_path(args.config)
     shard = Shard.parse(args.shard) if args.shard else None
-    configure_logging(load_config(path).daemon.log_format)
+    configure_logging(load_config(path).daemon.log_format, level=_log_level(args))
     return asyncio.run(serve(path, shard=shard))
+
+
+def _log_level(args: argparse.Namespace) -> int:
+    """``--log-level``, or errors only with ``--quiet`` (a cron run then writes nothing unless
+    something failed), else info."""
+    import logging
+
+    if args.log_level:
+        return int(logging.getLevelName(args.log_level.upper()))
+    return logging.ERROR if args.quiet else logging.INFO
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    """``mirror healthcheck``: 0 when the daemon answers /healthz, or when there is no daemon
+    to ask because this container's main process is something else (``sync --all``)."""
+    import urllib.error
+    import urllib.request
+
+    from mirror.config import config_path, load_config
+
+    if not _main_process_is_daemon():
+        return EXIT_OK
+    daemon = load_config(config_path(args.config)).daemon
+    host = daemon.listen_host
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{daemon.listen_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=HEALTHCHECK_TIMEOUT_S) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except OSError as exc:
+        _error(f"healthcheck: {url}: {getattr(exc, 'reason', exc)}")
+        return EXIT_FAILED
+    if status != 200:
+        _error(f"healthcheck: {url} answered HTTP {status}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _main_process_is_daemon(cmdline: str = "/proc/1/cmdline") -> bool:
+    """Whether PID 1 (in a container: the image's entrypoint) is ``mirror run``. When PID 1 is
+    not mirror at all (a host's init), or /proc cannot be read, the daemon is asked."""
+    try:
+        with open(cmdline, "rb") as fh:
+            argv = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return True
+    names = [a.rpartition("/")[2] for a in argv]
+    if "mirror" not in names:
+        return True
+    after = argv[names.index("mirror") + 1 :]  # `mirror run ...`, `python -m mirror run ...`
+    command = next((a for a in after if not a.startswith("-")), None)
+    return command == "run"
 
 
 async def _preflight(clients: Any, requests: list[SyncRequest]) -> str | None:
@@ -612,7 +815,9 @@ def _size(nbytes: int) -> str:
 
 
 def _error(message: str) -> None:
-    print(f"mirror: error: {message}", file=sys.stderr)
+    from mirror.logs import journal_prefix
+
+    print(f"{journal_prefix(sys.stderr, 'error')}mirror: error: {message}", file=sys.stderr)
 
 
 class _ProgressDisplay:

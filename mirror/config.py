@@ -286,7 +286,8 @@ class DaemonSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    listen: str = Field(default="127.0.0.1:9090", description="health and metrics address")
+    # Not 9090: that is Prometheus's own port, and the two often share a host.
+    listen: str = Field(default="127.0.0.1:9755", description="health and metrics address")
     grace_period: DurationOrZero = Field(default=30.0, description="time to let copies finish")
     jitter: DurationOrZero = Field(default=30.0, description="random delay added to each run")
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -3,7 +3,7 @@
 Owns the APScheduler wiring (one job per configured entry, never two runs of one entry at
 once, missed runs coalesced, jitter), the start-up pass, signals (SIGTERM/SIGINT stop with a
 grace period, SIGHUP reloads the config), sharding across replicas, and systemd's notify
-protocol. Copying is ``jobs``' business; HTTP serving is ``health``'s.
+protocol and watchdog. Copying is ``jobs``' business; HTTP serving is ``health``'s.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from mirror.config import Config, MirrorEntry, load_config
+from mirror.config import DEFAULT_INTERVAL_S, Config, MirrorEntry, load_config
 from mirror.errors import ConfigError, MirrorError
 from mirror.health import HealthServer, Metrics
 from mirror.jobs import Clients, JobResult, Outcome, run_entry
 
 STARTUP_SPREAD_S = 5.0  # the start-up pass spreads its first runs over at most this long
+MIN_WATCHDOG_PING_S = 0.5  # systemd's WatchdogSec= is whole seconds or more in practice
 log = structlog.get_logger("mirror")
 
 
@@ -59,6 +60,16 @@ class Shard:
 def shard_of(job_id: str, count: int) -> int:
     """A stable shard number for a job: the same on every replica and every restart."""
     return int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:8], "big") % count
+
+
+def watchdog_period(environ: dict[str, str] | os._Environ[str] = os.environ) -> float | None:
+    """How often to send ``WATCHDOG=1``: half of systemd's ``WatchdogSec=`` (WATCHDOG_USEC),
+    when it is set for this process; None when no watchdog is armed."""
+    usec = environ.get("WATCHDOG_USEC", "")
+    pid = environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return max(int(usec) / 1_000_000 / 2, MIN_WATCHDOG_PING_S)
 
 
 def sd_notify(message: str) -> None:
@@ -88,6 +99,7 @@ class Daemon:
         self._ever_ok: set[str] = set()
         self._running: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
+        self._watchdog: asyncio.Task[None] | None = None
         self._scheduler = AsyncIOScheduler(timezone=datetime.UTC)
         self.health = HealthServer(
             config.daemon.listen_host,
@@ -102,7 +114,14 @@ class Daemon:
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit code (0 after a clean stop)."""
         loop = asyncio.get_running_loop()
-        await self.health.start()
+        try:
+            await self.health.start()
+        except OSError as exc:
+            # One line and exit 2 (systemd does not restart it): a restart loop fixes nothing.
+            raise ConfigError(
+                f"[daemon] listen {self.config.daemon.listen}: cannot serve health and metrics "
+                f"there: {exc.strerror or exc}"
+            ) from None
         self._scheduler.start()
         self._apply(self.config, first=True)
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -116,6 +135,9 @@ class Daemon:
             config=str(self.config_path) if self.config_path else None,
         )
         sd_notify("READY=1\nSTATUS=mirroring")
+        period = watchdog_period()
+        if period is not None:
+            self._watchdog = asyncio.ensure_future(self._feed_watchdog(period))
         await self._stop.wait()
         await self._shutdown()
         return 0
@@ -137,6 +159,8 @@ class Daemon:
         A cancelled copy never leaves a tag pointing at missing content: tags are written last.
         """
         sd_notify("STOPPING=1")
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         self._scheduler.shutdown(wait=False)
         running = set(self._running)
         if running:
@@ -151,6 +175,15 @@ class Daemon:
             await clients.aclose()
         log.info("daemon stopped")
 
+    async def _feed_watchdog(self, period: float) -> None:
+        """Tell systemd every ``period`` that the event loop turns and the scheduler runs; a
+        loop stuck in a blocking call stops the pings, and systemd restarts the service."""
+        while True:
+            alive, _ = self._alive()
+            if alive:
+                sd_notify("WATCHDOG=1")
+            await asyncio.sleep(period)
+
     async def reload(self) -> None:
         """SIGHUP: read the config again; jobs are added, removed and rescheduled to match.
 
@@ -163,7 +196,7 @@ class Daemon:
             log.error("config reload rejected", error=str(exc))
         else:
             if new.daemon != self.config.daemon:
-                log.warning("config reload: [daemon] settings take effect at the next restart")
+                log.info("config reload: [daemon] settings take effect at the next restart")
             if (new.registries, new.target) != (self.config.registries, self.config.target):
                 self._retired_clients.append(self.clients)
                 self.clients = Clients(new)
@@ -198,6 +231,7 @@ class Daemon:
             if old == entry:
                 continue
             trigger = _trigger(entry, jitter)
+            self.metrics.scheduled(job_id, _period(entry), time.time())
             if old is None:
                 self._scheduler.add_job(
                     self._run_job,
@@ -239,7 +273,11 @@ class Daemon:
         if result.job not in self._entries:
             return  # removed by a reload while it ran
         source = self.clients.peek(result.source_registry)
-        self.metrics.record(result, source.rate_limit if source is not None else None)
+        self.metrics.record(
+            result,
+            source.rate_limit if source is not None else None,
+            source.budget.reserve if source is not None else 0,
+        )
         self._outcomes[result.job] = result.outcome
         if result.outcome != "failed":
             self._ever_ok.add(result.job)
@@ -252,10 +290,31 @@ class Daemon:
         return False, "scheduler not running"
 
     def _ready(self) -> tuple[bool, str]:
+        """Ready while the scheduler runs a config that loaded. Not "every job succeeded": one
+        entry failing forever must not hold up a rollout; freshness is for metrics and alerts
+        (``mirror_last_success_timestamp_seconds``)."""
+        alive, why = self._alive()
+        if not alive:
+            return False, why
         waiting = sorted(set(self._entries) - self._ever_ok)
-        if not waiting:
-            return True, f"ready: {len(self._entries)} jobs have run"
-        return False, "waiting for a first good run of:\n" + "\n".join(waiting)
+        detail = f"ready: {len(self._entries)} jobs scheduled"
+        if waiting:
+            detail += f", {len(waiting)} without a good run yet:\n" + "\n".join(waiting)
+        return True, detail
+
+
+def _period(entry: MirrorEntry) -> float:
+    """Seconds between two runs of ``entry``: its interval, or the gap between the next two
+    times its cron expression fires (what an alert on "no success for two runs" needs)."""
+    if entry.cron is None:
+        return entry.interval or float(DEFAULT_INTERVAL_S)
+    trigger = _trigger(entry, jitter=0)
+    now = datetime.datetime.now(datetime.UTC)
+    first = trigger.get_next_fire_time(None, now)
+    second = trigger.get_next_fire_time(first, first + datetime.timedelta(seconds=1))
+    if first is None or second is None:
+        return 0.0
+    return float((second - first).total_seconds())
 
 
 def _trigger(entry: MirrorEntry, jitter: float) -> IntervalTrigger | CronTrigger:

@@ -46,6 +46,7 @@ class Metrics:
     def __init__(self) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: noise here
         self.registry = CollectorRegistry()
+        self._scheduled: set[str] = set()
         r = self.registry
         self.job_runs = Counter(
             "mirror_job_runs",
@@ -100,8 +101,35 @@ class Metrics:
             registry=r,
         )
         self.jobs = Gauge("mirror_jobs", "Mirror entries scheduled in this process", registry=r)
+        self.interval = Gauge(
+            "mirror_job_interval_seconds",
+            "The entry's schedule period (for cron, the gap between its next two runs)",
+            ["entry"],
+            registry=r,
+        )
+        self.added = Gauge(
+            "mirror_job_added_timestamp_seconds",
+            "When this process scheduled the entry (Unix time): the age of 'no success yet'",
+            ["entry"],
+            registry=r,
+        )
+        self.pull_reserve = Gauge(
+            "mirror_upstream_pull_reserve",
+            "Pulls of the source registry's window that mirror leaves for people (pull_reserve)",
+            ["registry"],
+            registry=r,
+        )
 
-    def record(self, result: JobResult, rate_limit: RateLimit | None) -> None:
+    def scheduled(self, job: str, interval_s: float, at: float) -> None:
+        """An entry was scheduled (or rescheduled) with this period."""
+        self.interval.labels(job).set(interval_s)
+        if job not in self._scheduled:
+            self._scheduled.add(job)
+            self.added.labels(job).set(at)
+
+    def record(
+        self, result: JobResult, rate_limit: RateLimit | None, pull_reserve: int = 0
+    ) -> None:
         """Count one finished job run."""
         job, report = result.job, result.report
         self.job_runs.labels(job, result.outcome).inc()
@@ -120,14 +148,23 @@ class Metrics:
         if rate_limit is not None:
             self.ratelimit_remaining.labels(result.source_registry).set(rate_limit.remaining)
             self.ratelimit_limit.labels(result.source_registry).set(rate_limit.limit)
+            self.pull_reserve.labels(result.source_registry).set(pull_reserve)
 
     def forget(self, job: str) -> None:
         """Drop a removed job's series, so /metrics shows only jobs that exist."""
+        self._scheduled.discard(job)
         for metric in (self.job_runs, self.tags, self.blobs):
             for labels in list(metric._metrics):
                 if labels[0] == job:
                     metric.remove(*labels)
-        for single in (self.bytes_copied, self.manifest_gets, self.last_success, self.duration):
+        for single in (
+            self.bytes_copied,
+            self.manifest_gets,
+            self.last_success,
+            self.duration,
+            self.interval,
+            self.added,
+        ):
             with contextlib.suppress(KeyError):
                 single.remove(job)
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from mirror import __version__
 from mirror.auth import Credentials, CredentialSource, RegistryAuth
 from mirror.errors import (
     ManifestError,
@@ -177,7 +178,7 @@ class Registry:
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
-            headers={"User-Agent": "mirror/0.1"},
+            headers={"User-Agent": f"mirror/{__version__}"},
         )
         self._retry_attempts = max(1, retry_attempts)
         self._sleep = sleep

@@ -7,14 +7,26 @@ content are what the tests look at.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
+import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import HUB_PASSWORD, HUB_USER, Daemon, metric, run_mirror
+from tests.integration.helpers import (
+    HUB_PASSWORD,
+    HUB_USER,
+    MIRROR,
+    Daemon,
+    metric,
+    run_mirror,
+    user_environment,
+)
 from tests.support.images import Pusher, build_image, manifest_digest, verify_same
 from tests.support.registry import RegistryProcess, free_port
 from tests.support.tokenserver import HubRegistry
@@ -225,6 +237,127 @@ def test_a_job_that_cannot_read_its_credentials_fails_visibly_and_the_daemon_goe
         ),
     )
     assert daemon.get("/healthz").status_code == 200
-    assert daemon.get("/readyz").status_code == 503
+    # Ready all the same: one entry failing forever must not hold up a rollout. Its staleness
+    # is for the alert on mirror_last_success_timestamp_seconds.
+    ready = daemon.get("/readyz")
+    assert ready.status_code == 200 and "without a good run yet" in ready.text
+    assert metric(text, "mirror_last_success_timestamp_seconds", entry=job) == 0
+    assert metric(text, "mirror_job_added_timestamp_seconds", entry=job) > time.time() - 60
+    assert metric(text, "mirror_job_interval_seconds", entry=job) == 1
     assert not daemon.events("job crashed")
     assert daemon.stop() == 0
+
+
+def test_a_listen_address_in_use_is_one_line_and_exit_2(
+    tmp_path: Path, hub: HubRegistry, local: RegistryProcess, unique_repo: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "mirror.toml"
+        config.write_text(config_text(hub, local, port, [unique_repo]))
+
+        run = run_mirror("run", "--config", str(config), home=tmp_path, timeout=30)
+
+    assert run.code == 2, run.stderr
+    (line,) = run.stderr.strip().splitlines()
+    assert f"[daemon] listen 127.0.0.1:{port}" in line and "in use" in line
+
+
+def test_healthcheck_asks_the_daemon_at_its_listen_address(
+    tmp_path: Path,
+    hub: HubRegistry,
+    local: RegistryProcess,
+    unique_repo: str,
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    port = free_port()
+    config = tmp_path / "mirror.toml"
+    config.write_text(config_text(hub, local, port, [unique_repo]).replace("127.0.0.1", "0.0.0.0"))
+    daemon = start_daemon(config, port)
+
+    alive = run_mirror("healthcheck", "--config", str(config), home=tmp_path, timeout=30)
+    assert daemon.stop() == 0
+    gone = run_mirror("healthcheck", "--config", str(config), home=tmp_path, timeout=30)
+
+    assert alive.code == 0, alive.stderr
+    assert gone.code == 1 and f"127.0.0.1:{port}/healthz" in gone.stderr
+
+
+def test_the_daemon_feeds_systemds_watchdog(
+    tmp_path: Path, hub: HubRegistry, local: RegistryProcess, unique_repo: str
+) -> None:
+    port = free_port()
+    config = tmp_path / "mirror.toml"
+    config.write_text(config_text(hub, local, port, [unique_repo]))
+    address = f"mirror-watchdog-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind("\0" + address)
+        notify.settimeout(10)
+        env = {"NOTIFY_SOCKET": "@" + address, "WATCHDOG_USEC": "1000000", "HUB_PW": "x"}
+        proc = subprocess.Popen(
+            [*MIRROR, "run", "--config", str(config)],
+            env=user_environment(tmp_path, env),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            messages: list[str] = []
+            started = time.monotonic()
+            while messages.count("WATCHDOG=1") < 3 and time.monotonic() - started < 10:
+                messages += notify.recv(4096).decode().splitlines()
+            elapsed = time.monotonic() - started
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
+
+    assert messages.count("WATCHDOG=1") >= 3, messages
+    assert elapsed < 3  # every half of WatchdogSec=1s
+
+
+def test_under_systemd_each_line_carries_its_priority_so_the_journal_can_filter(
+    tmp_path: Path, hub: HubRegistry, hub_pusher: Pusher, local: RegistryProcess, unique_repo: str
+) -> None:
+    good, missing = f"{unique_repo}-good", f"{unique_repo}-missing:v1"
+    hub_pusher.push(good, build_image("oci", seed=good), "v1")
+    config = tmp_path / "mirror.toml"
+    config.write_text(config_text(hub, local, free_port(), [good, missing]))
+    journal = tmp_path / "journal"
+    with journal.open("w") as stream:
+        status = os.fstat(stream.fileno())
+        env = {"JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}", "HUB_PW": HUB_PASSWORD}
+        code = subprocess.run(
+            [*MIRROR, "sync", "--all", "--config", str(config)],
+            env=user_environment(tmp_path, env),
+            stdout=stream,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+        ).returncode
+
+    assert code == 1
+    by_priority: dict[str, list[str]] = {}
+    for line in journal.read_text().splitlines():
+        assert line[:1] == "<" and line[2:3] == ">", line
+        by_priority.setdefault(line[1], []).append(json.loads(line[3:])["event"])
+    # What `journalctl -p warning` shows (priorities 0-4) is the failure and nothing else.
+    failures = [e for p, events in by_priority.items() if int(p) <= 4 for e in events]
+    assert sorted(failures) == ["job run", "tag failed"]
+    assert by_priority["6"].count("job run") == 1 and "tag synced" in by_priority["6"]
+
+
+def test_quiet_sync_all_writes_nothing_when_every_entry_is_in_sync(
+    tmp_path: Path, hub: HubRegistry, hub_pusher: Pusher, local: RegistryProcess, unique_repo: str
+) -> None:
+    hub_pusher.push(unique_repo, build_image("oci", seed=unique_repo), "v1")
+    config = tmp_path / "mirror.toml"
+    config.write_text(config_text(hub, local, free_port(), [unique_repo]))
+    args = ("sync", "--all", "--config", str(config))
+    env = {"HUB_PW": HUB_PASSWORD}
+
+    quiet = run_mirror(*args, "-q", home=tmp_path, env=env)
+    chatty = run_mirror(*args, home=tmp_path, env=env)
+
+    assert (quiet.code, quiet.stdout, quiet.stderr) == (0, "", "")
+    assert chatty.code == 0 and '"event": "job run"' in chatty.stdout

@@ -286,3 +286,168 @@ def test_concurrency_below_one_is_a_usage_error(
     assert code == EXIT_USAGE
     assert_one_line_error(err, "concurrency")
     assert fakes["target.test"].writes() == []
+
+
+# --- the operator's command line -------------------------------------------------------------
+
+
+def test_version_names_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from mirror import __version__
+
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+
+    assert caught.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mirror {__version__}"
+
+
+def test_shard_with_refs_is_a_usage_error_not_ignored(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["sync", "diamol/golang", "--shard", "0/2"])
+
+    assert caught.value.code == EXIT_USAGE
+    assert "--shard" in capsys.readouterr().err
+
+
+def test_quiet_sync_prints_nothing_when_all_is_well(
+    fakes: dict[str, FakeRegistry], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fakes["source.test"].seed("team/app", "v1", make_image(5))
+
+    code, out, err = run(capsys, "source.test/team/app", "--to", "target.test", "-q")
+
+    assert code == EXIT_OK
+    assert (out, err) == ("", "")
+    assert "v1" in fakes["target.test"].tags["team/app"]
+
+
+def test_quiet_sync_still_names_each_failure(
+    fakes: dict[str, FakeRegistry], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "source.test/team/missing:v1", "--to", "target.test", "--quiet")
+
+    assert code == EXIT_FAILED
+    assert out == ""
+    assert "team/missing:v1" in err
+
+
+def test_help_says_where_defaults_come_from(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["sync", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+
+    assert "$MIRROR_CONFIG" in text
+    assert "the config's target, else localhost:5000" in text
+    assert "the config's concurrency, else 4" in text
+    assert "Exit status" in text and "3 tags deferred" in text
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "mirror.toml"
+    path.write_text(text)
+    return path
+
+
+def test_config_check_is_silent_and_exits_0_when_every_password_can_be_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HUB_TOKEN", "secret")
+    config = write_config(
+        tmp_path, '[registries."docker.io"]\nusername = "me"\npassword_env = "HUB_TOKEN"\n'
+    )
+
+    code = main(["config", "--check", "--config", str(config)])
+
+    assert code == EXIT_OK
+    assert capsys.readouterr() == ("", "")
+
+
+def test_config_check_exits_2_naming_a_password_file_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(
+        tmp_path,
+        '[registries."docker.io"]\nusername = "me"\n'
+        f'password_file = "{tmp_path}/nowhere/hub-token"\n',
+    )
+
+    code = main(["config", "--check", "--config", str(config)])
+
+    assert code == EXIT_USAGE
+    assert_one_line_error(capsys.readouterr().err, "password_file", "nowhere/hub-token")
+
+
+def test_plain_config_still_shows_an_unreadable_password_and_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(
+        tmp_path, '[registries."docker.io"]\nusername = "me"\npassword_env = "NOT_SET_HERE"\n'
+    )
+
+    code = main(["config", "--config", str(config)])
+
+    assert code == EXIT_OK
+    shown = json.loads(capsys.readouterr().out)
+    assert "cannot be read" in shown["registries"]["docker.io"]["credentials"]
+
+
+def test_tags_entry_previews_the_entry_rules(
+    tmp_path: Path, fakes: dict[str, FakeRegistry], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for tag in ("1.0.0", "1.1.0", "2.0.0", "edge"):
+        fakes["source.test"].seed("team/app", tag, make_image(len(tag)))
+    config = write_config(
+        tmp_path,
+        'target = "target.test"\n[[mirrors]]\nsource = "source.test/team/app"\n'
+        'tags = { versions = "^1" }\n',
+    )
+
+    code = main(["tags", "--entry", "source.test/team/app", "--config", str(config), "--selected"])
+
+    out, err = capsys.readouterr()
+    assert code == EXIT_OK, err
+    assert out.split() == ["1.0.0", "1.1.0"]
+
+
+def test_tags_entry_that_is_not_configured_names_the_entries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, '[[mirrors]]\nsource = "diamol/golang"\n')
+
+    code = main(["tags", "--entry", "golang", "--config", str(config)])
+
+    assert code == EXIT_USAGE
+    assert_one_line_error(capsys.readouterr().err, "--entry golang", "diamol/golang")
+
+
+def test_tags_entry_refuses_rule_flags_that_would_shadow_its_rules(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, '[[mirrors]]\nsource = "diamol/golang"\n')
+
+    code = main(["tags", "--entry", "diamol/golang", "--newest", "2", "--config", str(config)])
+
+    assert code == EXIT_USAGE
+    assert_one_line_error(capsys.readouterr().err, "--entry")
+
+
+@pytest.mark.parametrize(
+    ("argv", "daemon"),
+    [
+        (["/opt/mirror/bin/python", "/opt/mirror/bin/mirror", "run"], True),
+        (["/opt/mirror/bin/python", "/opt/mirror/bin/mirror", "run", "--config", "c"], True),
+        (["/opt/mirror/bin/python", "/opt/mirror/bin/mirror", "sync", "--all"], False),
+        (["/sbin/docker-init", "--", "mirror", "sync", "--all"], False),
+        (["python", "-m", "mirror", "run", "--shard", "0/2"], True),
+        (["/sbin/init", "splash"], True),  # not a container of mirror's: ask the daemon
+    ],
+)
+def test_healthcheck_knows_whether_the_container_runs_the_daemon(
+    tmp_path: Path, argv: list[str], daemon: bool
+) -> None:
+    from mirror.cli import _main_process_is_daemon
+
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+
+    assert _main_process_is_daemon(str(cmdline)) is daemon

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mirror.config import Config, MirrorEntry, format_duration, parse_duration
-from mirror.daemon import Shard, _trigger, shard_of
+from mirror.daemon import Daemon, Shard, _period, _trigger, shard_of, watchdog_period
 from mirror.errors import ConfigError
 
 
@@ -123,3 +123,51 @@ def test_cron_trigger_follows_the_crontab() -> None:
     assert trigger.get_next_fire_time(None, start) == datetime.datetime(
         2026, 1, 1, 6, 15, tzinfo=datetime.UTC
     )
+
+
+# --- systemd's watchdog, readiness, schedule periods -------------------------------------------
+
+
+def test_watchdog_pings_at_half_of_watchdog_sec_for_this_process_only() -> None:
+    import os
+
+    assert watchdog_period({"WATCHDOG_USEC": "60000000"}) == 30.0
+    assert watchdog_period({"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": str(os.getpid())}) == 30
+    assert watchdog_period({"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": "1"}) is None
+    assert watchdog_period({}) is None
+    assert watchdog_period({"WATCHDOG_USEC": "0"}) is None
+
+
+def test_period_of_an_interval_and_of_a_cron_schedule() -> None:
+    config = Config.model_validate(
+        {
+            "mirrors": [
+                {"source": "a/b", "interval": "30m"},
+                {"source": "c/d", "cron": "0 3 * * *"},
+                {"source": "e/f", "cron": "*/15 * * * *"},
+                {"source": "g/h"},
+            ]
+        }
+    )
+
+    assert [_period(e) for e in config.mirrors] == [1800, 86400, 900, 6 * 3600]
+
+
+async def test_ready_while_the_scheduler_runs_even_when_no_job_has_succeeded() -> None:
+    config = Config.model_validate(
+        {"daemon": {"listen": "127.0.0.1:0"}, "mirrors": [{"source": "a/b"}]}
+    )
+    daemon = Daemon(config, None)
+    assert daemon._ready()[0] is False  # the scheduler has not started
+
+    daemon._scheduler.start(paused=True)
+    daemon._apply(config, first=True)
+    try:
+        ready, detail = daemon._ready()
+        assert ready, detail
+        assert "1 without a good run yet" in detail
+        daemon.request_stop()
+        assert daemon._ready()[0] is False
+    finally:
+        daemon._scheduler.shutdown(wait=False)
+        await daemon.clients.aclose()
