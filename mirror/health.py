@@ -126,6 +126,12 @@ class Metrics:
         if job not in self._scheduled:
             self._scheduled.add(job)
             self.added.labels(job).set(at)
+            # Every series an alert counts from exists at 0 from the start, so `increase()`
+            # sees the first run's failures too, not only those after a second sample.
+            for outcome in ("success", "partial", "failed"):
+                self.job_runs.labels(job, outcome)
+            for result in ("copied", "skipped", "failed", "deferred"):
+                self.tags.labels(job, result)
 
     def record(
         self, result: JobResult, rate_limit: RateLimit | None, pull_reserve: int = 0
