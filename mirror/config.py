@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from mirror.auth import Credentials
+from mirror.credentials import Credentials
 from mirror.errors import ConfigError, InvalidReference, ManifestError
 from mirror.manifest import Platform
 from mirror.reference import (

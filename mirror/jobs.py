@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 import httpx
 
-from mirror.auth import Credentials, docker_credentials
 from mirror.config import Config, MirrorEntry
 from mirror.copy import Copier, CopyReport, PriorityGate, Progress, TagResult
+from mirror.credentials import Credentials, docker_credentials
 from mirror.errors import MirrorError, NotFound
 from mirror.reference import Reference
 from mirror.registry import Registry
@@ -64,8 +64,8 @@ class Clients:
             settings = self.config.registry(name)
             configured = self.config.credentials(name)  # raises ConfigError early, not at a 401
 
-            def credentials(name: str = name) -> Credentials | None:
-                return configured or docker_credentials(name)
+            async def credentials(name: str = name) -> Credentials | None:
+                return configured or await docker_credentials(name)
 
             client = Registry(
                 name,

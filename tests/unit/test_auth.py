@@ -1,32 +1,18 @@
-"""Registry authentication: challenge parsing, the token dance driven by hand, and Docker's
-credential stores (config.json, credential helpers)."""
+"""Registry authentication: the token dance driven by hand, answering challenges with
+credentials looked up (and awaited) at the first one."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
-import os
 import re
-import stat
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from hypothesis import example, given
-from hypothesis import strategies as st
 
-from mirror.auth import (
-    Challenge,
-    Credentials,
-    RegistryAuth,
-    docker_config_path,
-    docker_credentials,
-    parse_challenges,
-    required_scopes,
-)
+from mirror.auth import Credentials, RegistryAuth
 from mirror.errors import AuthError
 
 REGISTRY = "registry.example"
@@ -34,146 +20,6 @@ MANIFEST_URL = f"https://{REGISTRY}/v2/library/golang/manifests/latest"
 REALM = "https://auth.example/token"
 SERVICE = "registry.example"
 PULL = "repository:library/golang:pull"
-
-
-# --- parse_challenges -------------------------------------------------------------------------
-
-
-def test_docker_hub_challenge() -> None:
-    header = (
-        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
-        'scope="repository:library/golang:pull"'
-    )
-
-    assert parse_challenges(header) == [
-        Challenge(
-            "bearer",
-            {
-                "realm": "https://auth.docker.io/token",
-                "service": "registry.docker.io",
-                "scope": "repository:library/golang:pull",
-            },
-        )
-    ]
-
-
-def test_several_challenges_in_one_header() -> None:
-    header = 'Bearer realm="https://a/token",service="s", Basic realm="Registry Realm"'
-
-    challenges = parse_challenges(header)
-
-    assert [c.scheme for c in challenges] == ["bearer", "basic"]
-    assert challenges[0].params == {"realm": "https://a/token", "service": "s"}
-    assert challenges[1].params == {"realm": "Registry Realm"}
-
-
-def test_quoted_commas_and_escapes_stay_inside_the_value() -> None:
-    header = (
-        r'Bearer realm="https://a/token",scope="repository:x:pull,push repository:y:pull",'
-        r'error="say \"hi\", then \\ go"'
-    )
-
-    (challenge,) = parse_challenges(header)
-
-    assert challenge.params["scope"] == "repository:x:pull,push repository:y:pull"
-    assert challenge.scopes == ("repository:x:pull,push", "repository:y:pull")
-    assert challenge.params["error"] == 'say "hi", then \\ go'
-
-
-def test_scheme_and_parameter_names_are_case_insensitive_values_are_not() -> None:
-    (challenge,) = parse_challenges('BEARER Realm="https://A/Token", SERVICE=Reg')
-
-    assert challenge.scheme == "bearer"
-    assert challenge.params == {"realm": "https://A/Token", "service": "Reg"}
-
-
-def test_unquoted_values_and_spaces_around_equals() -> None:
-    (challenge,) = parse_challenges("Bearer realm = https://a/token , service=reg")
-
-    assert challenge.params == {"realm": "https://a/token", "service": "reg"}
-
-
-@pytest.mark.parametrize("header", ["", "   ", ",,,"])
-def test_empty_header_has_no_challenges(header: str) -> None:
-    assert parse_challenges(header) == []
-
-
-@given(st.text() | st.text('Bearer Basic realm=",\\ \t', max_size=60))
-@example('Bearer realm="unterminated')
-@example('Bearer realm="ends with backslash\\')
-@example("=")
-@example("Bearer ,=,=")
-def test_garbage_never_raises(header: str) -> None:
-    challenges = parse_challenges(header)
-
-    assert isinstance(challenges, list)
-    for challenge in challenges:
-        assert challenge.scheme == challenge.scheme.lower()
-        assert all(isinstance(v, str) for v in challenge.params.values())
-
-
-# --- required_scopes --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("method", "url", "scopes"),
-    [
-        ("GET", MANIFEST_URL, (PULL,)),
-        ("HEAD", MANIFEST_URL, (PULL,)),
-        (
-            "HEAD",
-            f"https://{REGISTRY}/v2/a/b/c/blobs/sha256:{'0' * 64}",
-            ("repository:a/b/c:pull",),
-        ),
-        ("GET", f"https://{REGISTRY}/v2/a/b/tags/list?n=10", ("repository:a/b:pull",)),
-        ("PUT", f"https://{REGISTRY}/v2/a/b/manifests/v1", ("repository:a/b:pull,push",)),
-        ("POST", f"https://{REGISTRY}/v2/a/b/blobs/uploads/", ("repository:a/b:pull,push",)),
-        (
-            "PUT",
-            f"https://{REGISTRY}/v2/a/b/blobs/uploads/uuid-1?_state=x&digest=sha256:{'0' * 64}",
-            ("repository:a/b:pull,push",),
-        ),
-        ("GET", f"https://{REGISTRY}/v2/", ()),
-        ("GET", f"https://{REGISTRY}/other/path", ()),
-    ],
-)
-def test_required_scopes_follow_path_and_method(
-    method: str, url: str, scopes: tuple[str, ...]
-) -> None:
-    assert required_scopes(httpx.Request(method, url)) == scopes
-
-
-def test_mount_needs_pull_on_the_source_repository_too() -> None:
-    request = httpx.Request(
-        "POST",
-        f"https://{REGISTRY}/v2/team/app/blobs/uploads/",
-        params={"mount": "sha256:" + "0" * 64, "from": "team/base"},
-    )
-
-    assert set(required_scopes(request)) == {
-        "repository:team/app:pull,push",
-        "repository:team/base:pull",
-    }
-
-
-def test_mount_from_the_same_repository_needs_one_scope() -> None:
-    request = httpx.Request(
-        "POST", f"https://{REGISTRY}/v2/a/blobs/uploads/", params={"mount": "x", "from": "a"}
-    )
-    assert required_scopes(request) == ("repository:a:pull,push",)
-
-
-@pytest.mark.parametrize(
-    ("url", "repository"),
-    [
-        (f"https://{REGISTRY}/v2/team/blobs/app/tags/list", "team/blobs/app"),
-        (f"https://{REGISTRY}/v2/a/manifests/b/blobs/sha256:{'0' * 64}", "a/manifests/b"),
-    ],
-)
-def test_repository_components_named_like_routes_get_the_right_scope(
-    url: str, repository: str
-) -> None:
-    assert required_scopes(httpx.Request("GET", url)) == (f"repository:{repository}:pull",)
 
 
 # --- RegistryAuth, driven by hand --------------------------------------------------------------
@@ -612,195 +458,103 @@ async def test_credential_source_is_consulted_once_and_only_when_challenged() ->
     assert calls == [1]
 
 
+async def test_credentials_property_reports_what_was_resolved_and_never_looks_up() -> None:
+    calls: list[int] = []
+
+    def source() -> Credentials:
+        calls.append(1)
+        return Credentials("carol", "pw")
+
+    auth = RegistryAuth(REGISTRY, source)
+    assert auth.credentials is None, "nothing is resolved before the first challenge"
+    assert calls == [], "reading the property runs no lookup"
+
+    await drive(auth, httpx.Request("GET", MANIFEST_URL), hub_like())
+
+    assert auth.credentials == Credentials("carol", "pw")
+    assert calls == [1]
+
+
+async def test_async_credential_source_is_awaited_at_the_first_challenge() -> None:
+    calls: list[int] = []
+
+    async def source() -> Credentials:
+        calls.append(1)
+        await asyncio.sleep(0)  # a real lookup (a credential helper) hands the loop back
+        return Credentials("erin", "pw")
+
+    auth = RegistryAuth(REGISTRY, source)
+    flow = auth.async_auth_flow(httpx.Request("GET", MANIFEST_URL))
+    first = await flow.__anext__()
+    assert calls == []
+
+    token_request = await flow.asend(bearer_challenge(first))
+
+    assert token_request.headers["Authorization"] == basic_header("erin", "pw")
+    assert auth.credentials == Credentials("erin", "pw")
+    await flow.aclose()
+    await drive(auth, httpx.Request("GET", f"https://{REGISTRY}/v2/x/y/manifests/z"), hub_like())
+    assert calls == [1]
+
+
+async def test_flows_challenged_during_a_lookup_wait_for_that_same_lookup() -> None:
+    calls: list[int] = []
+    release = asyncio.Event()
+
+    async def source() -> Credentials:
+        calls.append(1)
+        await release.wait()
+        return Credentials("frank", "pw")
+
+    auth = RegistryAuth(REGISTRY, source)
+    repositories = ["team/a", "team/b"]
+    flows = [
+        auth.async_auth_flow(httpx.Request("GET", f"https://{REGISTRY}/v2/{r}/manifests/v1"))
+        for r in repositories
+    ]
+    firsts = [await flow.__anext__() for flow in flows]
+    challenged = [
+        asyncio.ensure_future(flow.asend(bearer_challenge(first, scope=f"repository:{r}:pull")))
+        for flow, first, r in zip(flows, firsts, repositories, strict=True)
+    ]
+    while not calls:
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not any(c.done() for c in challenged), "both flows wait for the lookup under way"
+
+    release.set()
+    token_requests = await asyncio.gather(*challenged)
+
+    assert [r.headers["Authorization"] for r in token_requests] == 2 * [basic_header("frank", "pw")]
+    assert calls == [1]
+    for flow in flows:
+        await flow.aclose()
+
+
+async def test_a_lookup_that_failed_is_tried_again_at_the_next_challenge() -> None:
+    answers: list[Credentials | AuthError] = [
+        AuthError("credential helper docker-credential-x did not answer within 30 s"),
+        Credentials("gina", "pw"),
+    ]
+
+    async def source() -> Credentials:
+        answer = answers.pop(0)
+        if isinstance(answer, AuthError):
+            raise answer
+        return answer
+
+    auth = RegistryAuth(REGISTRY, source)
+    with pytest.raises(AuthError, match="did not answer"):
+        await drive(auth, httpx.Request("GET", MANIFEST_URL), hub_like())
+    assert auth.credentials is None
+
+    sent = await drive(auth, httpx.Request("GET", MANIFEST_URL), hub_like())
+
+    assert sent[1].headers["Authorization"] == basic_header("gina", "pw")
+    assert auth.credentials == Credentials("gina", "pw")
+
+
 async def test_sync_use_is_refused() -> None:
     auth = RegistryAuth(REGISTRY)
     with pytest.raises(RuntimeError):
         auth.sync_auth_flow(httpx.Request("GET", MANIFEST_URL))
-
-
-def test_credentials_repr_hides_the_password() -> None:
-    assert "hunter2" not in repr(Credentials("dave", "hunter2"))
-
-
-# --- docker_credentials: config.json ----------------------------------------------------------
-
-
-def write_config(directory: Path, document: dict[str, Any]) -> Path:
-    path = directory / "config.json"
-    path.write_text(json.dumps(document))
-    return path
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def test_auths_entry_with_base64_auth(tmp_path: Path) -> None:
-    path = write_config(tmp_path, {"auths": {"registry.local:5000": {"auth": b64("eve:pa:ss")}}})
-
-    assert docker_credentials("registry.local:5000", path) == Credentials("eve", "pa:ss")
-
-
-def test_auths_entry_with_username_and_password_fields(tmp_path: Path) -> None:
-    path = write_config(
-        tmp_path, {"auths": {"https://ghcr.io": {"username": "u", "password": "p"}}}
-    )
-
-    assert docker_credentials("ghcr.io", path) == Credentials("u", "p")
-
-
-@pytest.mark.parametrize("asked", ["docker.io", "index.docker.io", "registry-1.docker.io"])
-def test_hub_v1_key_serves_docker_io(tmp_path: Path, asked: str) -> None:
-    path = write_config(
-        tmp_path, {"auths": {"https://index.docker.io/v1/": {"auth": b64("hubuser:hubpass")}}}
-    )
-
-    assert docker_credentials(asked, path) == Credentials("hubuser", "hubpass")
-
-
-def test_no_entry_no_file_no_credentials(tmp_path: Path) -> None:
-    path = write_config(tmp_path, {"auths": {"other.example": {"auth": b64("a:b")}}})
-
-    assert docker_credentials("registry.local:5000", path) is None
-    assert docker_credentials("registry.local:5000", tmp_path / "missing.json") is None
-
-
-def test_unreadable_config_is_an_auth_error_naming_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "config.json"
-    path.write_text("{not json")
-
-    with pytest.raises(AuthError, match=re.escape(str(path))):
-        docker_credentials("docker.io", path)
-
-
-def test_auth_that_is_not_base64_is_an_auth_error(tmp_path: Path) -> None:
-    path = write_config(tmp_path, {"auths": {"reg.example": {"auth": "!!!not base64!!!"}}})
-
-    with pytest.raises(AuthError, match=r"reg\.example"):
-        docker_credentials("reg.example", path)
-
-
-@pytest.mark.parametrize(
-    "document",
-    [
-        pytest.param({"auths": ["reg.example"]}, id="auths-list"),
-        pytest.param({"credHelpers": ["fake"]}, id="credHelpers-list"),
-        pytest.param({"auths": {"reg.example": {"auth": 5}}}, id="auth-number"),
-    ],
-)
-def test_malformed_docker_config_is_an_auth_error(tmp_path: Path, document: Any) -> None:
-    path = write_config(tmp_path, document)
-
-    with pytest.raises(AuthError, match=re.escape(str(path))):
-        docker_credentials("reg.example", path)
-
-
-def test_docker_config_directory_comes_from_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
-    write_config(tmp_path, {"auths": {"reg.example": {"auth": b64("x:y")}}})
-
-    assert docker_config_path() == tmp_path / "config.json"
-    assert docker_credentials("reg.example") == Credentials("x", "y")
-
-
-# --- docker_credentials: credential helpers ---------------------------------------------------
-
-
-def install_helper(
-    bin_dir: Path, name: str, *, answer: dict[str, str] | None, exit_code: int = 0
-) -> Path:
-    """Write ``docker-credential-NAME``: it records argv and stdin next to itself."""
-    bin_dir.mkdir(exist_ok=True)
-    script = bin_dir / f"docker-credential-{name}"
-    body = json.dumps(answer) if answer is not None else "credentials not found in native keychain"
-    script.write_text(
-        "#!/bin/sh\n"
-        'here=$(dirname "$0")\n'
-        f'printf "%s\\n" "$@" > "$here/{name}.argv"\n'
-        f'cat > "$here/{name}.stdin"\n'
-        f"printf '%s' '{body}'\n"
-        f"exit {exit_code}\n"
-    )
-    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return script
-
-
-@pytest.fixture
-def helper_bin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    return bin_dir
-
-
-def test_cred_helper_for_the_registry_is_run_with_the_server_on_stdin(
-    tmp_path: Path, helper_bin: Path
-) -> None:
-    install_helper(helper_bin, "fake", answer={"Username": "helper-user", "Secret": "TOPSECRET"})
-    path = write_config(
-        tmp_path,
-        {
-            "credHelpers": {"registry.local:5000": "fake"},
-            "auths": {"registry.local:5000": {"auth": b64("stale:entry")}},
-        },
-    )
-
-    found = docker_credentials("registry.local:5000", path)
-
-    assert found == Credentials("helper-user", "TOPSECRET")
-    argv = (helper_bin / "fake.argv").read_text().split()
-    assert argv == ["get"]
-    assert "TOPSECRET" not in " ".join(argv)
-    assert (helper_bin / "fake.stdin").read_text().strip() == "registry.local:5000"
-
-
-def test_hub_helper_gets_dockers_hub_server_url(tmp_path: Path, helper_bin: Path) -> None:
-    install_helper(helper_bin, "fake", answer={"Username": "hu", "Secret": "hs"})
-    path = write_config(tmp_path, {"credHelpers": {"docker.io": "fake"}})
-
-    assert docker_credentials("docker.io", path) == Credentials("hu", "hs")
-    assert (helper_bin / "fake.stdin").read_text().strip() == "https://index.docker.io/v1/"
-
-
-def test_creds_store_is_the_default_helper(tmp_path: Path, helper_bin: Path) -> None:
-    install_helper(helper_bin, "store", answer={"Username": "su", "Secret": "ss"})
-    path = write_config(tmp_path, {"credsStore": "store"})
-
-    assert docker_credentials("ghcr.io", path) == Credentials("su", "ss")
-    assert (helper_bin / "store.argv").read_text().split() == ["get"]
-
-
-def test_helper_saying_not_found_falls_back_to_auths(tmp_path: Path, helper_bin: Path) -> None:
-    install_helper(helper_bin, "store", answer=None, exit_code=1)
-    path = write_config(
-        tmp_path, {"credsStore": "store", "auths": {"ghcr.io": {"auth": b64("fallback:pw")}}}
-    )
-
-    assert docker_credentials("ghcr.io", path) == Credentials("fallback", "pw")
-
-
-def test_identity_token_from_a_helper_is_not_used(tmp_path: Path, helper_bin: Path) -> None:
-    install_helper(helper_bin, "store", answer={"Username": "<token>", "Secret": "refresh"})
-    path = write_config(tmp_path, {"credsStore": "store"})
-
-    assert docker_credentials("ghcr.io", path) is None
-
-
-def test_missing_helper_program_is_an_auth_error_naming_it(
-    tmp_path: Path, helper_bin: Path
-) -> None:
-    path = write_config(tmp_path, {"credsStore": "nonexistent-helper"})
-
-    with pytest.raises(AuthError, match="docker-credential-nonexistent-helper"):
-        docker_credentials("ghcr.io", path)
-
-
-def test_helper_answering_garbage_is_an_auth_error(tmp_path: Path, helper_bin: Path) -> None:
-    script = install_helper(helper_bin, "broken", answer={})
-    script.write_text("#!/bin/sh\ncat >/dev/null\necho 'this is not json'\n")
-    path = write_config(tmp_path, {"credsStore": "broken"})
-
-    with pytest.raises(AuthError, match="broken"):
-        docker_credentials("ghcr.io", path)

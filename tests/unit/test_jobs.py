@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,4 +291,23 @@ async def test_clients_report_bad_credentials_settings_at_once(tmp_path: Path) -
 
     with pytest.raises(ConfigError, match="UNSET_VAR_X"):
         clients.get("ghcr.io")
+    await clients.aclose()
+
+
+async def test_clients_answer_a_challenge_with_what_docker_login_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sleeps: RecordingSleep
+) -> None:
+    fake = FakeRegistry("registry.test", token_auth=True, credentials=("dora", "from-login"))
+    fake.seed("team/app", "v1", make_image(1))
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    stored = base64.b64encode(b"dora:from-login").decode()
+    (docker / "config.json").write_text(json.dumps({"auths": {"registry.test": {"auth": stored}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker))
+    path = tmp_path / "mirror.toml"
+    path.write_text("")  # names no credentials for registry.test
+    clients = Clients(load_config(path), transport=fake.transport(), sleep=sleeps)
+
+    assert await clients.get("registry.test").list_tags("team/app") == ["v1"]
+    assert [r.path for r in fake.find("GET", "token")] == ["/token"]
     await clients.aclose()
