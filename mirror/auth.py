@@ -23,10 +23,6 @@ from mirror.credentials import Credentials, CredentialSource, resolve_credential
 from mirror.errors import AuthError
 from mirror.reference import is_loopback_host
 
-# Credentials and CredentialSource live in mirror.credentials; callers that build a
-# RegistryAuth may take them from here too.
-__all__ = ["CredentialSource", "Credentials", "RegistryAuth"]
-
 DEFAULT_TOKEN_LIFETIME_S = 60  # Docker's token spec: expires_in defaults to 60 seconds
 TOKEN_REFRESH_MARGIN_S = 10  # refresh this early so a token never expires mid-request
 MAX_TOKEN_RESPONSE_BYTES = 1024 * 1024  # a token is a few KB; anything larger is not a token

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 from mirror import __version__
 
 if TYPE_CHECKING:
-    from mirror.copy import CopyReport
     from mirror.jobs import SyncRequest
     from mirror.reference import Digest
+    from mirror.report import CopyReport
     from mirror.selection import TagRules
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DEFERRED = 0, 1, 2, 3
@@ -338,10 +338,11 @@ def resolve_requests(refs: list[str], target_text: str) -> list[SyncRequest]:
 
 async def _sync(args: argparse.Namespace) -> int:
     from mirror.config import config_path, load_config
-    from mirror.copy import Copier, CopyReport
+    from mirror.copy import Copier
     from mirror.errors import MirrorError
     from mirror.jobs import Clients, sync
     from mirror.manifest import Platform
+    from mirror.report import CopyReport
     from mirror.selection import DEFAULT_IMMUTABLE
 
     config = load_config(config_path(args.config))

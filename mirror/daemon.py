@@ -120,7 +120,7 @@ class Daemon:
             # One line and exit 2 (systemd does not restart it): a restart loop fixes nothing.
             raise ConfigError(
                 f"[daemon] listen {self.config.daemon.listen}: cannot serve health and metrics "
-                f"there: {exc.strerror or exc}"
+                f"there: {(os.strerror(exc.errno) if exc.errno else str(exc)).lower()}"
             ) from None
         self._scheduler.start()
         self._apply(self.config, first=True)

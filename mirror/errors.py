@@ -1,7 +1,8 @@
 """The exception tree: every failure mirror reports is one of these.
 
-Owns the classes and the single retry predicate. Turning an HTTP response into one of these
-happens in one place only, ``mirror.registry``; nothing here knows about HTTP clients.
+Owns the classes only. Turning an HTTP response into one of these happens in one place,
+``mirror.responses``; whether one is worth another try is ``mirror.retry``'s one predicate.
+Nothing here knows about HTTP clients.
 
     MirrorError
     ├── InvalidReference        text that is not an image reference
@@ -112,16 +113,3 @@ class RateLimited(RegistryError):
 
 class Unavailable(RegistryError):
     """5xx answers, refused connections, resets and timeouts: worth another try."""
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Whether trying the same operation again may succeed.
-
-    Server trouble and the abuse limit pass with time; a spent pull quota does not pass within
-    a retry budget, and neither does anything the caller got wrong.
-    """
-    if isinstance(exc, Unavailable):
-        return True
-    if isinstance(exc, RateLimited):
-        return not exc.pull_limit
-    return False

@@ -16,11 +16,13 @@ from typing import Any, Literal
 import httpx
 
 from mirror.config import Config, MirrorEntry
-from mirror.copy import Copier, CopyReport, PriorityGate, Progress, TagResult
+from mirror.copy import Copier
 from mirror.credentials import Credentials, docker_credentials
 from mirror.errors import MirrorError, NotFound
+from mirror.plan import PriorityGate
 from mirror.reference import Reference
 from mirror.registry import Registry
+from mirror.report import CopyReport, Progress, TagResult
 from mirror.selection import (
     DEFAULT_IMMUTABLE,
     TagRules,
@@ -223,7 +225,7 @@ async def run_entry(
             flattened=clients.flattened,
         )
         if entry.is_namespace:
-            repositories = await copier.source.list_repositories(source_ns.path)
+            repositories = await clients.get(source_registry).list_repositories(source_ns.path)
             requests = [
                 SyncRequest(
                     Reference(source_ns.registry, repo),

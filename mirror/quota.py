@@ -1,8 +1,10 @@
-"""A source registry's pull quota, as mirror knows it: Docker Hub's ``ratelimit-*`` headers.
+"""A registry's limits as mirror knows them: Docker Hub's ``ratelimit-*`` headers and 429s.
 
-Owns the arithmetic only: what the registry last said was left, what is reserved for GETs in
-flight, the reserve never to touch, and a block after a pull-limit 429. One ``PullBudget``
-per source registry, shared by every job of a process. No I/O; single event loop, no locks.
+Owns the arithmetic (what the registry last said was left, what is reserved for GETs in
+flight, the reserve never to touch, a block after a pull-limit 429) and what a 429 does to
+later requests (``Quota.refused``: a pull limit stops GETs, the abuse limit pauses every
+request for a while). One ``Quota`` per registry, shared by every job of a process; the
+registry client tells it every answer in one place. No I/O; single event loop, no locks.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+from mirror.errors import RateLimited, RegistryError
+from mirror.retry import ABUSE_PAUSE_S, MAX_RETRY_WAIT_S, Sleep
 
 DEFAULT_BLOCK_S = 60.0  # after a pull-limit 429 that names neither Retry-After nor a window
 MAX_BLOCK_S = 3600.0  # re-read the headers (HEADs are free) at least this often
@@ -119,3 +124,52 @@ class PullBudget:
             f"{self.rate_limit.remaining} of {self.rate_limit.limit}{window} left, "
             f"{self.in_flight} in flight, reserve {self.reserve}"
         )
+
+
+class Quota:
+    """One registry's limits as they bear on requests: the pull ``budget``, and the pause an
+    abuse-limit 429 imposes on every request to it."""
+
+    def __init__(
+        self, registry: str, reserve: int = 0, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.registry = registry
+        self.budget = PullBudget(reserve, clock=clock)
+        self._clock = clock
+        self.paused_until = 0.0
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """An answer came: take the quota it states (GETs and HEADs both carry it on Hub)."""
+        quota = RateLimit.from_headers(headers)
+        if quota is not None:
+            self.budget.observe(quota)
+
+    def refused(self, error: RegistryError) -> None:
+        """An error answer came: a pull-limit 429 stops GETs to this registry for every job
+        (until Retry-After, or a HEAD shows room); the abuse limit pauses every request for its
+        Retry-After (capped), or ABUSE_PAUSE_S."""
+        if not isinstance(error, RateLimited):
+            return
+        if error.pull_limit:
+            self.budget.block(error.retry_after)
+        else:
+            pause = min(error.retry_after or ABUSE_PAUSE_S, MAX_RETRY_WAIT_S)
+            self.paused_until = max(self.paused_until, self._clock() + pause)
+
+    async def wait_out_pause(self, sleep: Sleep) -> None:
+        """Before a request: wait while an abuse-limit pause lasts."""
+        wait = self.paused_until - self._clock()
+        if wait > 0:
+            await sleep(wait)
+
+    def check_pull(self, what: str) -> None:
+        """Before a manifest GET that may have waited for its turn: refuse it if the pull limit
+        was met meanwhile (Docker Hub counts every try, refused or not)."""
+        if self.budget.blocked:
+            raise RateLimited(
+                f"registry {self.registry}: pull rate limit reached earlier in this run; "
+                f"{what} not sent ({self.budget.describe()})",
+                method="GET",
+                status=429,
+                quota_spent=True,
+            )

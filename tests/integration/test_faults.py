@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mirror.auth import Credentials
 from mirror.copy import Copier
+from mirror.credentials import Credentials
 from mirror.registry import Registry
 from tests.integration import faultkit as kit
 from tests.integration.helpers import HUB_PASSWORD, HUB_USER, blob_path

@@ -275,7 +275,7 @@ async def test_registries_use_the_asyncio_pool(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("https_proxy", raising=False)
     registry = Registry("127.0.0.1:5000")
     try:
-        transport = registry._http._transport
+        transport = registry._http._http._transport
         pool = getattr(transport, "_pool", None)
         assert isinstance(pool, _Pool)
     finally:

@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from mirror.auth import Credentials, RegistryAuth
+from mirror.auth import RegistryAuth
+from mirror.credentials import Credentials
 from mirror.errors import AuthError
 
 REGISTRY = "registry.example"

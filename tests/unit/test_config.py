@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mirror.auth import Credentials
 from mirror.config import Config, RegistrySettings, config_path, load_config
+from mirror.credentials import Credentials
 from mirror.errors import ConfigError
 
 FULL = """

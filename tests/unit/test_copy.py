@@ -10,10 +10,12 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from mirror.copy import Copier, CopyReport
+from mirror.copy import Copier
+from mirror.http import BLOB_CHUNK_BYTES
 from mirror.manifest import parse_manifest
 from mirror.reference import Digest
-from mirror.registry import BLOB_CHUNK_BYTES, Registry
+from mirror.registry import Registry
+from mirror.report import CopyReport
 from tests.unit.conftest import RecordingSleep
 from tests.unit.fakes import FakeRegistry, Image, Recorded, make_image, make_index
 

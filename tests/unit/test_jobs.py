@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from mirror.config import load_config
@@ -311,3 +312,54 @@ async def test_clients_answer_a_challenge_with_what_docker_login_stored(
     assert await clients.get("registry.test").list_tags("team/app") == ["v1"]
     assert [r.path for r in fake.find("GET", "token")] == ["/token"]
     await clients.aclose()
+
+
+# --- what one upstream does wrong fails one tag, never the job ---------------------------------
+
+
+async def test_a_manifest_body_that_will_not_decode_fails_its_tag_and_the_others_copy(
+    env: Env, sleeps: RecordingSleep
+) -> None:
+    broken, fine = make_image(41), make_image(42)
+    env.src.seed("team/app", "broken", broken)
+    env.src.seed("team/app", "fine", fine)
+
+    def undecodable(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "GET" and request.url.path.endswith(f"/manifests/{broken.digest}"):
+            return httpx.Response(
+                200, headers={"Content-Encoding": "gzip"}, content=b"this is not gzip"
+            )
+        return None
+
+    env.src.faults.append(undecodable)
+
+    results = await sync(env.copier, request("source.test/team/app", "target.test/team/app"))
+
+    by_tag = {r.target.rsplit(":", 1)[1]: r for r in results}
+    assert by_tag["fine"].status == "copied"
+    assert by_tag["broken"].status == "failed"
+    assert "could not be decoded" in (by_tag["broken"].error or "")
+    assert env.dst.tags["team/app"] == {"fine": fine.digest}
+    assert sleeps.calls, "a body that will not decode is worth another try"
+
+
+async def test_a_blob_redirect_loop_fails_its_tag_and_the_others_copy(env: Env) -> None:
+    looping, fine = make_image(43), make_image(44)
+    env.src.seed("team/app", "looping", looping)
+    env.src.seed("team/app", "fine", fine)
+    layer = looping.layer_digests[0]
+
+    def loop(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "GET" and request.url.path.endswith(f"/blobs/{layer}"):
+            return httpx.Response(307, headers={"Location": str(request.url)})
+        return None
+
+    env.src.faults.append(loop)
+
+    results = await sync(env.copier, request("source.test/team/app", "target.test/team/app"))
+
+    by_tag = {r.target.rsplit(":", 1)[1]: r for r in results}
+    assert by_tag["fine"].status == "copied"
+    assert by_tag["looping"].status == "failed"
+    assert "too many redirects" in (by_tag["looping"].error or "")
+    assert "looping" not in env.dst.tags["team/app"]

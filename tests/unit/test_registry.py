@@ -12,7 +12,7 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from mirror.auth import Credentials
+from mirror.credentials import Credentials
 from mirror.errors import (
     AuthError,
     DigestMismatch,
@@ -27,14 +27,9 @@ from mirror.errors import (
 from mirror.manifest import MAX_MANIFEST_BYTES, parse_manifest
 from mirror.quota import RateLimit
 from mirror.reference import Digest
-from mirror.registry import (
-    DOCKER_HUB_ENDPOINT,
-    MAX_ERROR_BODY_BYTES,
-    MAX_RETRY_WAIT_S,
-    Registry,
-    default_endpoint,
-    safe_url,
-)
+from mirror.registry import DOCKER_HUB_ENDPOINT, Registry, default_endpoint
+from mirror.responses import MAX_ERROR_BODY_BYTES, safe_url
+from mirror.retry import MAX_RETRY_WAIT_S
 from tests.unit.conftest import NetworkBlocked, RecordingSleep
 from tests.unit.fakes import (
     ALL_MANIFEST_TYPES,

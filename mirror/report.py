@@ -1,0 +1,75 @@
+"""What a run of copies did: one ``TagResult`` per tag and the ``CopyReport`` that counts them.
+
+Owns the result vocabulary (copied, skipped, failed, planned, deferred) and the progress
+callbacks a display receives. Plain data: no I/O, and no opinion on how it is shown (the CLI
+prints it, the daemon logs and counts it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from mirror.reference import Digest
+
+TagStatus = Literal["copied", "skipped", "failed", "planned", "deferred"]
+
+
+class Progress(Protocol):
+    """Receives transfer progress; the CLI draws bars with it, the daemon passes nothing."""
+
+    def blob_started(self, digest: Digest, size: int) -> None: ...
+    def blob_advanced(self, digest: Digest, nbytes: int) -> None: ...
+    def blob_finished(self, digest: Digest) -> None: ...
+
+
+@dataclass(slots=True)
+class TagResult:
+    """What happened to one tag (or digest): its action, digest, and what moved for it."""
+
+    source: str
+    target: str
+    status: TagStatus
+    digest: str | None = None
+    source_digest: str | None = None  # set when the target got a new (platform-filtered) index
+    blobs_missing: int = 0
+    bytes_missing: int = 0
+    manifests_missing: int = 0
+    pulls: int = 0  # upstream manifest GETs this tag cost (or, in a dry run, will cost)
+    error: str | None = None  # why it failed, or why it was deferred
+
+
+@dataclass(slots=True)
+class CopyReport:
+    """Counts for a run of copies; ``dry_run`` means counts are of what *would* move."""
+
+    dry_run: bool = False
+    tags_checked: int = 0
+    tags_copied: int = 0
+    tags_skipped: int = 0
+    tags_failed: int = 0
+    tags_deferred: int = 0
+    manifests_pushed: int = 0
+    blobs_copied: int = 0
+    blobs_mounted: int = 0
+    blobs_present: int = 0
+    bytes_copied: int = 0
+    upstream_manifest_gets: int = 0
+    tags: list[TagResult] = field(default_factory=list)
+
+    def add(self, result: TagResult) -> None:
+        self.tags.append(result)
+        self.tags_checked += 1
+        if result.status == "failed":
+            self.tags_failed += 1
+        elif result.status == "deferred":
+            self.tags_deferred += 1
+        elif result.status == "skipped":
+            self.tags_skipped += 1
+        else:
+            self.tags_copied += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__slots__ if name != "tags"}
+        data["tags"] = [{name: getattr(t, name) for name in TagResult.__slots__} for t in self.tags]
+        return data
