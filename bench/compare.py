@@ -13,20 +13,34 @@ upstream with generated images and times both tools on the same copies, alternat
   flat, one with a 32 MiB layer (``32mib``); plus the physical reference, a raw
   ``curl GET | curl PUT`` stream of the 1 GiB blob between the two registries;
 - ``scale``: 200 repositories x 10 tags (9 versions + ``latest``) of small images sharing a
-  base layer: ``first`` and ``noop``.
+  base layer: ``first`` and ``noop``;
+- ``daemon`` (issue 15): the ``repo`` scenario's repository as the one ``[[mirrors]]`` entry
+  of a ``mirror run`` started once per pair, into a fresh target. Its ``first`` (start-up),
+  ``noop`` and ``incremental`` job runs are timed by the daemon's own "job run" log line
+  (``seconds``, cross-checked against ``mirror_job_duration_seconds``), beside skopeo's whole
+  runs of the same three phases. How the runs are scheduled is in ``run_daemon``.
 
 Run from the repository root (``bash tests/run`` installs what it needs; skopeo is
 Debian's ``skopeo`` package, and without it only mirror runs)::
 
-    .venv/bin/python bench/compare.py [--scenario repo|large|scale|all] [--runs N]
+    .venv/bin/python bench/compare.py [--scenario repo|large|scale|daemon|all] [--runs N]
                                       [--large-runs N] [--quick] [--out FILE]
                                       [--mirror-src live|snapshot|head|git:REV]
-                                      [--tools mirror,skopeo] [--wait-quiet S]
+                                      [--tools mirror,mirror-b,skopeo]
+                                      [--mirror-b-src snapshot|head|git:REV]
+                                      [--daemon-interval S] [--daemon-token-lifetime S]
+                                      [--wait-quiet S]
 
 ``--quick`` is a smoke run (small layers, 64 MiB large layer, 20 x 10 scale, 1 run each).
 ``--mirror-src snapshot`` copies ``mirror/`` aside when the benchmark starts, so edits made
 while it runs do not change what is measured (``head`` or ``git:REV``: that commit's
 ``mirror/``); the results record which source every run imported.
+
+An A/B of two mirror sources: ``--tools mirror,mirror-b --mirror-b-src git:REV`` runs a
+second mirror, ``mirror-b``, imported from its own snapshot exactly as ``--mirror-src`` does
+for ``mirror``, as one more tool in the alternation (mirror, mirror-b[, skopeo], mirror,
+...). The table gains a ``b/a`` column and every phase its per-pair ratios; the notes say
+whether b is within 5 % of a (issue 15's bar for adopting a change).
 
 How each figure is obtained (per tool run, a tool run being one process):
 
@@ -58,8 +72,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -73,6 +89,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -95,6 +113,7 @@ from bench.common import (
     run_measured,
     single_layer_image,
 )
+from bench.daemon import DaemonError, DaemonProcess, LogEvent, metric_value
 from tests.support.images import (
     AMD64,
     ARM64,
@@ -110,9 +129,10 @@ from tests.support.images import (
 from tests.support.registry import RegistryProcess, http_client
 from tests.support.tokenserver import HubRegistry, TokenServer
 
-TOOLS = ("mirror", "skopeo")
+TOOLS = ("mirror", "mirror-b", "skopeo")
+MIRRORS = ("mirror", "mirror-b")  # the two mirror sources an A/B compares (a, b)
 SKOPEO = "/usr/bin/skopeo"
-TIMEOUT_S = {"repo": 300, "large": 1800, "scale": 1800}
+TIMEOUT_S = {"repo": 300, "large": 1800, "scale": 1800, "daemon": 300}
 WRITE_METHODS = frozenset({"PUT", "POST", "PATCH", "DELETE"})
 
 # The repo scenario's versions: two aliases of a version are the same manifest.
@@ -125,6 +145,7 @@ REPO_ALIASES = {
     "latest": "4.0.1",
 }
 REPO_NAME = "bench/app"
+DAEMON_REPO = "bench/daemon"  # the daemon scenario's copies, apart from repo's in one upstream
 LARGE_REPO, SMALL_REPO = "bench/large", "bench/large32"
 SCALE_NS = "scale"
 
@@ -133,6 +154,10 @@ TARGET_REPO_RATIO = 0.5
 TARGET_SCALE_RATIO = 0.45
 TARGET_LARGE_THROUGHPUT_RATIO = 0.95
 TARGET_LARGE_RSS_MB = 80.0
+TARGET_DAEMON_RATIO = {"first": 0.5, "noop": 0.2, "incremental": 0.4}  # issue 15
+AB_TOLERANCE = 1.05  # issue 15: adopt mirror-b when it is within 5 % of mirror, or faster
+# (numerator, denominator) of the ratio columns, each shown when both tools ran
+RATIOS = (("mirror", "skopeo"), ("mirror-b", "mirror"), ("mirror-b", "skopeo"))
 NOISY_SHARE = 0.15  # a run during which other work used more of the machine is flagged
 QUIET_BUSY_PCT = 25.0  # start a measured run only below this machine load (see --wait-quiet)
 
@@ -198,23 +223,25 @@ class Phase:
 
     def quiet_median(self, tool: str, metric: str) -> float | None:
         """The median over runs during which other processes used little of the machine."""
-        cpus = os.cpu_count() or 1
         values = [
             r.metrics[metric]
             for r in self.runs.get(tool, [])
-            if r.ok
-            and r.metrics.get(metric) is not None
-            and r.metrics.get("other_cpu_s", 0) <= NOISY_SHARE * r.metrics["wall_s"] * cpus
+            if r.ok and r.metrics.get(metric) is not None and others_share(r) <= NOISY_SHARE
         ]
         return statistics.median(values) if values else None
 
     def quiet_runs(self, tool: str) -> int:
-        cpus = os.cpu_count() or 1
-        return sum(
-            1
-            for r in self.runs.get(tool, [])
-            if r.ok and r.metrics.get("other_cpu_s", 0) <= NOISY_SHARE * r.metrics["wall_s"] * cpus
-        )
+        return sum(1 for r in self.runs.get(tool, []) if r.ok and others_share(r) <= NOISY_SHARE)
+
+    def pair_ratios(self, num: str, den: str, metric: str = "wall_s") -> list[tuple[int, float]]:
+        """``num``'s figure over ``den``'s for each pair (same run number), both successful."""
+        dens = {r.run: r.metrics.get(metric) for r in self.runs.get(den, []) if r.ok}
+        out = []
+        for r in self.runs.get(num, []):
+            value, base = r.metrics.get(metric), dens.get(r.run)
+            if r.ok and value is not None and base:
+                out.append((r.run, value / base))
+        return out
 
     def spread(self, tool: str, metric: str) -> tuple[float, float] | None:
         values = [
@@ -223,6 +250,13 @@ class Phase:
             if r.ok and r.metrics.get(metric) is not None
         ]
         return (min(values), max(values)) if len(values) > 1 else None
+
+
+def others_share(record: RunRecord) -> float:
+    """The share of the machine's CPU other processes used during a run's measured window
+    (a daemon run's window is a little longer than the job itself: see ``run_daemon``)."""
+    window = float(record.metrics.get("window_s") or record.metrics["wall_s"])
+    return float(record.metrics.get("other_cpu_s", 0)) / (window * (os.cpu_count() or 1))
 
 
 # -- reading registries (verification, outside the timed window) ------------------------------
@@ -271,6 +305,16 @@ def all_tag_digests(
 # -- the bench --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class MirrorSource:
+    """How to start one mirror tool: its command, its extra environment (PYTHONPATH of its
+    snapshot) and what source it imports (recorded with the results)."""
+
+    command: list[str]
+    env: dict[str, str]
+    meta: dict[str, Any]
+
+
 class Bench:
     """The upstream, the tools and the measurement of one tool run."""
 
@@ -281,16 +325,14 @@ class Bench:
         hub: HubRegistry,
         scratch: Path,
         tools: Sequence[str],
-        mirror_cmd: list[str],
-        mirror_env: dict[str, str],
+        mirrors: dict[str, MirrorSource],
     ) -> None:
         self.args = args
         self.tokens = tokens
         self.hub = hub
         self.scratch = scratch
         self.tools = list(tools)
-        self.mirror_cmd = mirror_cmd
-        self.mirror_env = mirror_env
+        self.mirrors = mirrors
         self.hub_reader = hub.token_getter(HUB_USER)
 
     # -- per-run state --------------------------------------------------------------------
@@ -320,8 +362,8 @@ class Bench:
             shutil.rmtree(home, ignore_errors=True)
 
     def env(self, tool: str, home: Path) -> dict[str, str]:
-        if tool == "mirror":
-            return clean_env(home, BENCH_HUB_PASSWORD=HUB_PASSWORD, **self.mirror_env)
+        if tool in MIRRORS:
+            return clean_env(home, BENCH_HUB_PASSWORD=HUB_PASSWORD, **self.mirrors[tool].env)
         return clean_env(
             home,
             REGISTRY_AUTH_FILE=str(home / "auth.json"),
@@ -334,9 +376,11 @@ class Bench:
             _CONTAINERS_ROOTLESS_UID="1000",
         )
 
-    def mirror_sync(self, home: Path, sources: Sequence[str], target: RegistryProcess) -> list[str]:
+    def mirror_sync(
+        self, tool: str, home: Path, sources: Sequence[str], target: RegistryProcess
+    ) -> list[str]:
         return [
-            *self.mirror_cmd,
+            *self.mirrors[tool].command,
             "sync",
             *(f"{self.hub.host}/{s}" for s in sources),
             "--to",
@@ -396,8 +440,8 @@ class Bench:
     def command(
         self, tool: str, home: Path, repos: Sequence[str], target: RegistryProcess
     ) -> list[str]:
-        if tool == "mirror":
-            return self.mirror_sync(home, repos, target)
+        if tool in MIRRORS:
+            return self.mirror_sync(tool, home, repos, target)
         return self.skopeo_repos(home, repos, target)
 
     # -- measuring -------------------------------------------------------------------------
@@ -439,7 +483,7 @@ class Bench:
         elif measured.returncode != 0:
             error = f"exit {measured.returncode}: {measured.stderr.strip()[-1500:]}"
         report = None
-        if tool == "mirror" and measured.stdout.strip():
+        if tool in MIRRORS and measured.stdout.strip():
             try:
                 report = json.loads(measured.stdout)
                 report.pop("tags", None)
@@ -666,39 +710,379 @@ def run_repo(bench: Bench, sizes: Sizes, runs: int) -> list[Phase]:
         f"{len(blobs)} blobs, {sum(blobs.values()) / 1e6:.1f} MB",
         flush=True,
     )
-    first, noop, incremental = (Phase("repo", n) for n in ("first", "noop", "incremental"))
-    first.expected = {"pulls": len(manifests), "bytes": sum(blobs.values()), "tags": 12}
-    noop.expected = {"pulls": 0, "bytes": 0, "target_writes": 0}
-    incremental.expected = {"pulls": 1, "bytes": fixture.release_new_bytes}
-    timeout = TIMEOUT_S["repo"]
+    phases = repo_phases("repo", fixture)
     copies = 0
     for run in range(1, runs + 1):
         for tool in bench.tools:
             copies += 1
-            repo = f"{REPO_NAME}-{copies}"
-            with Pusher(bench.hub.url, bench.hub_reader) as pusher:
-                for tag, image in fixture.images.items():
-                    pusher.push(repo, image, tag)
-            original = all_tag_digests(bench.hub.url, [repo], bench.hub_reader)
-            with RegistryProcess() as target, bench.tool_home(tool) as home:
-                record = bench.run_tool(tool, run, first, home, [repo], target, original, timeout)
-                if record.ok and run == 1:  # read every blob back once per tool
-                    try:
-                        verify_same(
-                            (bench.hub.url, bench.hub_reader),
-                            (target.url, None),
-                            repo,
-                            sorted(fixture.images),
-                        )
-                    except AssertionError as exc:
-                        record.ok, record.error = False, f"deep verification: {exc}"
-                        print(f"    {record.error}")
-                bench.run_tool(tool, run, noop, home, [repo], target, original, timeout)
-                with Pusher(bench.hub.url, bench.hub_reader) as pusher:
-                    pusher.push(repo, fixture.release, "1.0.3", "1.0")
-                changed = all_tag_digests(bench.hub.url, [repo], bench.hub_reader)
-                bench.run_tool(tool, run, incremental, home, [repo], target, changed, timeout)
-    return [first, noop, incremental]
+            repo = push_repo_copy(bench, fixture, f"{REPO_NAME}-{copies}")
+            repo_sequence(bench, tool, run, phases, fixture, repo)
+    return list(phases)
+
+
+def repo_phases(scenario: str, fixture: RepoFixture) -> tuple[Phase, Phase, Phase]:
+    """The first, noop and incremental phases of the 12-tag repository, with what each
+    should cost."""
+    manifests = {m.digest for i in fixture.images.values() for m in i.all_manifests()}
+    blobs = {d: b.size for i in fixture.images.values() for d, b in i.all_blobs().items()}
+    first, noop, incremental = (Phase(scenario, n) for n in ("first", "noop", "incremental"))
+    first.expected = {"pulls": len(manifests), "bytes": sum(blobs.values()), "tags": 12}
+    noop.expected = {"pulls": 0, "bytes": 0, "target_writes": 0}
+    incremental.expected = {"pulls": 1, "bytes": fixture.release_new_bytes}
+    return first, noop, incremental
+
+
+def push_repo_copy(bench: Bench, fixture: RepoFixture, repo: str) -> str:
+    with Pusher(bench.hub.url, bench.hub_reader) as pusher:
+        for tag, image in fixture.images.items():
+            pusher.push(repo, image, tag)
+    return repo
+
+
+def push_release(bench: Bench, fixture: RepoFixture, repo: str) -> dict[str, dict[str, str]]:
+    """The incremental change: version 1.0.3 pushed upstream and alias 1.0 moved to it; the
+    upstream's tags and digests afterwards."""
+    with Pusher(bench.hub.url, bench.hub_reader) as pusher:
+        pusher.push(repo, fixture.release, "1.0.3", "1.0")
+    return all_tag_digests(bench.hub.url, [repo], bench.hub_reader)
+
+
+def deep_verify(
+    bench: Bench, record: RunRecord, fixture: RepoFixture, target: RegistryProcess, repo: str
+) -> None:
+    """Read every blob of every tag back from the target (once per tool, after a first run)."""
+    try:
+        verify_same(
+            (bench.hub.url, bench.hub_reader), (target.url, None), repo, sorted(fixture.images)
+        )
+    except AssertionError as exc:
+        record.ok, record.error = False, f"deep verification: {exc}"
+        print(f"    {record.error}")
+
+
+def repo_sequence(
+    bench: Bench,
+    tool: str,
+    run: int,
+    phases: tuple[Phase, Phase, Phase],
+    fixture: RepoFixture,
+    repo: str,
+) -> None:
+    """One tool's first sync, no-op resync and incremental sync of ``repo`` (pushed already)
+    into a fresh target: three whole processes."""
+    first, noop, incremental = phases
+    timeout = TIMEOUT_S["repo"]
+    original = all_tag_digests(bench.hub.url, [repo], bench.hub_reader)
+    with RegistryProcess() as target, bench.tool_home(tool) as home:
+        record = bench.run_tool(tool, run, first, home, [repo], target, original, timeout)
+        if record.ok and run == 1:  # read every blob back once per tool
+            deep_verify(bench, record, fixture, target, repo)
+        bench.run_tool(tool, run, noop, home, [repo], target, original, timeout)
+        changed = push_release(bench, fixture, repo)
+        bench.run_tool(tool, run, incremental, home, [repo], target, changed, timeout)
+
+
+# -- scenario: daemon -------------------------------------------------------------------------
+
+DAEMON_LEAD_S = 0.4  # the measured window opens about this long before a scheduled run
+BUSY_PROBE_S = 1.0  # machine load sampled over this long, just before the window opens
+PUSH_BUDGET_S = 2.5  # the incremental change is pushed only with this long left before a run
+
+
+def daemon_config(hub_host: str, target_host: str, repo: str, interval_s: float) -> str:
+    """One entry, scheduled every ``interval_s`` with no jitter; health and metrics on a free
+    loopback port (the "daemon started" line names it); JSON log lines."""
+    return (
+        "\n".join(
+            [
+                f'target = "{target_host}"',
+                f'[registries."{hub_host}"]',
+                f'username = "{HUB_USER}"',
+                'password_env = "BENCH_HUB_PASSWORD"',
+                "[daemon]",
+                'listen = "127.0.0.1:0"',
+                'jitter = "0s"',
+                'grace_period = "5s"',
+                'log_format = "json"',
+                "[[mirrors]]",
+                f'source = "{hub_host}/{repo}"',
+                f'interval = "{interval_s:g}s"',
+            ]
+        )
+        + "\n"
+    )
+
+
+def run_daemon(bench: Bench, sizes: Sizes, runs: int) -> list[Phase]:
+    """``mirror run`` with the repo scenario's repository as its one entry, beside skopeo.
+
+    Per pair and mirror tool, one daemon process is started into a fresh target with the
+    entry ``interval = --daemon-interval`` and ``jitter = "0s"``. APScheduler runs the entry
+    at start-up (time c0) and then exactly at c0 + k * interval; a run still going at a fire
+    time makes the scheduler skip that one. The harness reads consecutive "job run" lines:
+    the start-up run is ``first``, the next scheduled run ``noop``; right after it the
+    harness pushes 1.0.3 upstream (moving 1.0), and the next scheduled run is
+    ``incremental``. A run's figure is the daemon's own ``seconds`` of that job run (from
+    ``run_entry``'s start to its end: no scheduling delay, jitter or sleep between runs is
+    in it), checked against the change of ``mirror_job_duration_seconds_sum``; beside it the
+    harness's own clock from the scheduled fire time to reading the line (an upper bound),
+    and for ``first`` the time from spawning the process (interpreter start-up included,
+    comparable to a whole ``mirror sync``).
+
+    Everything the harness does between runs (reading logs, checking the target, the push)
+    ends before the next fire time, and the request counts, CPU and load of a run come from
+    a window that opens just before its fire time; a run that overlapped the harness's work
+    is marked failed. By default each scheduled run starts cold, as a production daemon's
+    run hours apart does: the interval (8 s) outlasts mirror's 5 s keep-alive, so it opens
+    new connections, and ``--daemon-token-lifetime`` (4 s) makes the token server's tokens
+    expire between runs, so it logs in again. ``--daemon-token-lifetime 0`` keeps the token
+    server's 300 s tokens (and an interval under 5 s keeps connections): the warm figures.
+    skopeo's runs are whole processes, exactly as in ``repo``.
+    """
+    fixture = build_repo(sizes)
+    phases = repo_phases("daemon", fixture)
+    interval = bench.args.daemon_interval
+    lifetime = bench.args.daemon_token_lifetime
+    print(
+        f"daemon: mirror run, entry every {interval:g} s, jitter 0, tokens valid "
+        f"{lifetime or bench.tokens.lifetime_s} s; skopeo whole runs",
+        flush=True,
+    )
+    saved_lifetime = bench.tokens.lifetime_s
+    if lifetime:
+        bench.tokens.lifetime_s = lifetime
+    try:
+        copies = 0
+        for run in range(1, runs + 1):
+            for tool in bench.tools:
+                copies += 1
+                repo = push_repo_copy(bench, fixture, f"{DAEMON_REPO}-{copies}")
+                if tool in MIRRORS:
+                    DaemonRuns(bench, tool, run, interval).sequence(phases, fixture, repo)
+                else:
+                    repo_sequence(bench, tool, run, phases, fixture, repo)
+    finally:
+        bench.tokens.lifetime_s = saved_lifetime
+    return list(phases)
+
+
+def job_started(line: LogEvent) -> float:
+    """When the run that ``line`` reports began (wall time): its log timestamp less its
+    seconds (the harness's reading time when the line has no timestamp, a later bound)."""
+    seconds = float(line.fields.get("seconds", 0.0))
+    stamp = line.fields.get("timestamp")
+    try:
+        logged = datetime.datetime.fromisoformat(str(stamp)).timestamp()
+    except ValueError:
+        logged = line.at_wall
+    return logged - seconds
+
+
+@dataclass
+class _Window:
+    """Where a daemon run is measured from: log marks, token count, CPU accounts, clocks."""
+
+    hub_mark: int
+    target_mark: int
+    tokens: int
+    cpu: CpuAccount
+    tool_cpu: float
+    perf: float
+    wall: float
+    busy_pct: float | None
+
+
+class DaemonRuns:
+    """One daemon process's three timed job runs (see ``run_daemon``)."""
+
+    def __init__(self, bench: Bench, tool: str, run: int, interval: float) -> None:
+        self.bench = bench
+        self.tool = tool
+        self.run = run
+        self.interval = interval
+        self.timeout = TIMEOUT_S["daemon"]
+        self.daemon: DaemonProcess | None = None
+        self.c0 = 0.0  # wall time of the start-up run's schedule; later runs at c0 + k*interval
+        self.duration_sum = 0.0  # mirror_job_duration_seconds_sum after the last run
+        self.metrics_text = ""  # the daemon's /metrics after the last run
+        self.last_line = -1  # index of the last "job run" event read
+
+    def sequence(self, phases: tuple[Phase, Phase, Phase], fixture: RepoFixture, repo: str) -> None:
+        first, noop, incremental = phases
+        bench = self.bench
+        original = all_tag_digests(bench.hub.url, [repo], bench.hub_reader)
+        with RegistryProcess() as target, bench.tool_home(self.tool) as home:
+            config = home / "daemon.toml"
+            config.write_text(daemon_config(bench.hub.host, target.host, repo, self.interval))
+            argv = [*bench.mirrors[self.tool].command, "run", "--config", str(config)]
+            records: list[RunRecord] = []
+            try:
+                record = self.start(first, target, argv, bench.env(self.tool, home), home)
+                records.append(record)
+                bench.check_target(record, target, original)
+                if record.ok and self.run == 1:
+                    deep_verify(bench, record, fixture, target, repo)
+                self.announce(first, record)
+                record = self.next_run(noop, target)
+                records.append(record)
+                bench.check_target(record, target, original)
+                self.announce(noop, record)
+                self.leave_room(min(PUSH_BUDGET_S, self.interval / 2))
+                changed = push_release(bench, fixture, repo)
+                record = self.next_run(incremental, target)
+                records.append(record)
+                bench.check_target(record, target, changed)
+                self.announce(incremental, record)
+            except (DaemonError, OSError, httpx.HTTPError) as exc:
+                for phase in phases[len(records) :]:
+                    failed = RunRecord(self.tool, self.run, False, {"wall_s": 0.0}, str(exc))
+                    phase.add(failed)
+                    print(f"  {phase.label:<18} {self.tool:<8} run {self.run}: FAILED: {exc}")
+            finally:
+                if self.daemon is not None:
+                    code = self.daemon.stop()
+                    if code != 0 and records:
+                        records[-1].ok = False
+                        records[-1].error = f"mirror run exited {code}: {self.daemon.tail()}"
+
+    # -- the runs ---------------------------------------------------------------------------
+
+    def start(
+        self,
+        phase: Phase,
+        target: RegistryProcess,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: Path,
+    ) -> RunRecord:
+        """Start the daemon; its start-up run is ``phase`` (first)."""
+        bench = self.bench
+        busy = bench.wait_quiet()
+        window = self.open_window(target, busy, tool_cpu=0.0)
+        self.daemon = daemon = DaemonProcess(argv, env, cwd)
+        started = daemon.wait_event("daemon started", timeout_s=self.timeout)
+        daemon.serve_at(str(started.fields["listen"]))
+        line = daemon.wait_event("job run", timeout_s=self.timeout)
+        record = self.close_window(phase, target, window, line)
+        added = metric_value(self.metrics_text, "mirror_job_added_timestamp_seconds")
+        self.c0 = added if added else job_started(line)
+        record.metrics["sched_to_line_s"] = line.at_wall - self.c0
+        record.metrics["spawn_to_line_s"] = line.at_perf - daemon.started_perf
+        return record
+
+    def next_fire(self) -> float:
+        """The wall time of the next scheduled run after now."""
+        now = time.time()
+        k = max(1, math.floor((now - self.c0) / self.interval) + 1)
+        return self.c0 + k * self.interval
+
+    def leave_room(self, needed_s: float) -> None:
+        """Make sure at least ``needed_s`` is left before the next scheduled run; if not, let
+        that run happen (it changes nothing: the upstream has not changed) and leave it out."""
+        assert self.daemon is not None
+        while self.next_fire() - time.time() < needed_s:
+            fire = self.next_fire()
+            line = self.daemon.wait_event("job run", after=self.last_line, timeout_s=self.timeout)
+            self.last_line = line.index
+            self.metrics_text = self.daemon.metrics()
+            self.duration_sum = (
+                metric_value(self.metrics_text, "mirror_job_duration_seconds_sum") or 0.0
+            )
+            print(
+                f"    (a scheduled run at +{fire - self.c0:.1f} s came too soon after the last "
+                f"one for the harness's work; it is left out)"
+            )
+
+    def next_run(self, phase: Phase, target: RegistryProcess) -> RunRecord:
+        """Wait for the next scheduled run and measure it as ``phase``."""
+        assert self.daemon is not None
+        fire = self.next_fire()
+        lead = fire - DAEMON_LEAD_S - time.time()
+        if lead > BUSY_PROBE_S:
+            time.sleep(lead - BUSY_PROBE_S)
+        probe = min(BUSY_PROBE_S, fire - DAEMON_LEAD_S - time.time())
+        busy = machine_busy_pct(probe) if probe > 0.1 else None
+        window = self.open_window(target, busy, tool_cpu=self.daemon.cpu_s())
+        overlap = self.daemon.named("job run", after=self.last_line)
+        line = self.daemon.wait_event("job run", after=self.last_line, timeout_s=self.timeout)
+        record = self.close_window(phase, target, window, line)
+        record.metrics["sched_to_line_s"] = line.at_wall - fire
+        if overlap or window.wall > fire or job_started(line) < window.wall:
+            record.ok = False
+            record.error = (
+                f"the harness's work between runs overlapped the run scheduled at "
+                f"+{fire - self.c0:.2f} s (window opened at +{window.wall - self.c0:.2f} s); "
+                "try a longer --daemon-interval"
+            )
+        return record
+
+    def open_window(
+        self, target: RegistryProcess, busy: float | None, *, tool_cpu: float
+    ) -> _Window:
+        bench = self.bench
+        hub_mark, target_mark = bench.hub.log_mark(), target.log_mark()
+        tokens = len(bench.tokens.requests())
+        cpu = CpuAccount(bench.hub, target).__enter__()
+        return _Window(
+            hub_mark, target_mark, tokens, cpu, tool_cpu, time.perf_counter(), time.time(), busy
+        )
+
+    def close_window(
+        self, phase: Phase, target: RegistryProcess, window: _Window, line: LogEvent
+    ) -> RunRecord:
+        """The run that ``line`` reports, measured over ``window``: its own seconds, what the
+        registries logged, what the CPU did."""
+        assert self.daemon is not None
+        tool_cpu = self.daemon.cpu_s() - window.tool_cpu
+        rss = self.daemon.peak_rss_mb()
+        window.cpu.__exit__(None, None, None)
+        window_s = line.at_perf - window.perf
+        self.last_line = line.index
+        bench = self.bench
+        upstream = log_entries(bench.hub, window.hub_mark)
+        downstream = log_entries(target, window.target_mark)
+        seconds = float(line.fields.get("seconds", 0.0))
+        self.metrics_text = self.daemon.metrics()
+        total = metric_value(self.metrics_text, "mirror_job_duration_seconds_sum") or 0.0
+        from_metric, self.duration_sum = total - self.duration_sum, total
+        metrics = traffic_metrics(upstream, downstream, target)
+        metrics.update(
+            wall_s=seconds,
+            job_s_metric=from_metric,
+            window_s=window_s,
+            peak_rss_mb=rss,
+            token_requests=len(bench.tokens.requests()) - window.tokens,
+            mb_per_s=metrics["bytes_moved"] / 1e6 / seconds
+            if metrics["bytes_moved"] and seconds
+            else None,
+            **window.cpu.split(tool_cpu),
+            machine_busy_before_pct=window.busy_pct,
+        )
+        error = None
+        outcome = line.fields.get("outcome")
+        if outcome != "success":
+            error = f"job run {outcome}: {line.fields.get('error') or self.daemon.tail()}"
+        elif abs(from_metric - seconds) > 0.002:  # the log rounds to milliseconds
+            error = (
+                f"the log says {seconds:.3f} s, mirror_job_duration_seconds_sum grew by "
+                f"{from_metric:.3f} s"
+            )
+        record = RunRecord(self.tool, self.run, error is None, metrics, error, dict(line.fields))
+        phase.add(record)
+        return record
+
+    def announce(self, phase: Phase, record: RunRecord) -> None:
+        m = record.metrics
+        status = "ok" if record.ok else f"FAILED: {record.error}"
+        extra = f", spawn->line {m['spawn_to_line_s']:.2f} s" if m.get("spawn_to_line_s") else ""
+        print(
+            f"  {phase.label:<18} {record.tool:<8} run {record.run}: job {m['wall_s']:7.3f} s "
+            f"(metric {m['job_s_metric']:.3f}, sched->line {m['sched_to_line_s']:.3f}{extra}), "
+            f"CPU {m['tool_cpu_s']:.2f} s, pulls {m['upstream_manifest_gets']}, tokens "
+            f"{m['token_requests']}, req up/down {m['upstream_requests']}/"
+            f"{m['target_requests']}, moved {m['bytes_moved'] / 1e6:.1f} MB  {status}",
+            flush=True,
+        )
 
 
 # -- scenario: large --------------------------------------------------------------------------
@@ -860,8 +1244,11 @@ def run_scale(bench: Bench, sizes: Sizes, runs: int) -> list[Phase]:
 
 METRICS: list[tuple[str, str, str]] = [
     # key, label, format
-    ("wall_s", "wall s", "{:.2f}"),
-    ("wall_s_quiet", "wall s, quiet runs", "{:.2f}"),
+    ("wall_s", "wall s", "s"),  # a daemon run's: the job's own seconds (see run_daemon)
+    ("wall_s_quiet", "wall s, quiet runs", "s"),
+    ("job_s_metric", "job s, from /metrics", "s"),
+    ("sched_to_line_s", "scheduled -> log line s", "s"),
+    ("spawn_to_line_s", "spawn -> first job line s", "s"),
     ("tool_cpu_s", "CPU s (tool)", "{:.2f}"),
     ("registries_cpu_s", "CPU s (both registries)", "{:.2f}"),
     ("other_cpu_s", "CPU s (others' processes)", "{:.2f}"),
@@ -886,14 +1273,26 @@ def fmt(value: float | None, spec: str) -> str:
         return "-"
     if spec == "MB":
         return f"{value / 1e6:.1f}"
+    if spec == "s":  # seconds: milliseconds count below one
+        return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
     return spec.format(value)
 
 
+def ratio_columns(tools: Sequence[str]) -> list[tuple[str, str]]:
+    return [(a, b) for a, b in RATIOS if a in tools and b in tools]
+
+
+def ratio_name(num: str, den: str) -> str:
+    return "b/a" if (num, den) == ("mirror-b", "mirror") else f"{num}/{den}"
+
+
 def print_table(phases: list[Phase], tools: Sequence[str]) -> None:
-    others = [t for t in ("mirror", "skopeo", "curl") if any(t in p.runs for p in phases)]
+    others = [
+        t for t in ("mirror", "mirror-b", "skopeo", "curl") if any(t in p.runs for p in phases)
+    ]
+    ratios = ratio_columns(others)
     header = f"{'scenario':<18} {'metric':<26}" + "".join(f"{t:>26}" for t in others)
-    if "mirror" in others and "skopeo" in others:
-        header += f"{'mirror/skopeo':>15}"
+    header += "".join(f"{ratio_name(n, d):>16}" for n, d in ratios)
     print(header)
     print("-" * len(header))
     for phase in phases:
@@ -915,15 +1314,29 @@ def print_table(phases: list[Phase], tools: Sequence[str]) -> None:
                     cell += f" [{fmt(spread[0], spec)}-{fmt(spread[1], spec)}]"
                 cells += f"{cell:>26}"
             line = f"{phase.label:<18} {label:<26}{cells}"
-            if "mirror" in others and "skopeo" in others:
-                m, s = values.get("mirror"), values.get("skopeo")
-                line += f"{m / s:>15.2f}" if m is not None and s else f"{'-':>15}"
+            for num, den in ratios:
+                a, b = values.get(num), values.get(den)
+                line += f"{a / b:>16.2f}" if a is not None and b else f"{'-':>16}"
             print(line)
+        print()
+    if any(p.pair_ratios(n, d) for p in phases for n, d in ratios):
+        print("per-pair ratios of wall s (pair: ratio), then their median:")
+        for phase in phases:
+            for num, den in ratios:
+                pairs = phase.pair_ratios(num, den)
+                if pairs:
+                    listed = ", ".join(f"{run}: {r:.2f}" for run, r in pairs)
+                    median = statistics.median(r for _, r in pairs)
+                    print(
+                        f"  {phase.label:<18} {ratio_name(num, den):<14} {listed}  "
+                        f"(median {median:.2f})"
+                    )
         print()
 
 
 def check_targets(phases: list[Phase]) -> list[str]:
-    """Issue 5's targets, each with the figures that decide it."""
+    """Issue 5's and issue 15's targets, each with the figures that decide it, and the A/B
+    verdict of mirror-b against mirror."""
     by = {p.label: p for p in phases}
     notes: list[str] = []
 
@@ -949,7 +1362,13 @@ def check_targets(phases: list[Phase]) -> list[str]:
         ratio_note(label, "wall_s", TARGET_REPO_RATIO)
     for label in ("scale first", "scale noop"):
         ratio_note(label, "wall_s", TARGET_SCALE_RATIO)
-    for label in ("repo first", "repo incremental", "scale first"):
+    for label in (
+        "repo first",
+        "repo incremental",
+        "scale first",
+        "daemon first",
+        "daemon incremental",
+    ):
         phase = by.get(label)
         if phase and phase.median("mirror", "upstream_manifest_gets") is not None:
             pulls = phase.median("mirror", "upstream_manifest_gets")
@@ -959,7 +1378,7 @@ def check_targets(phases: list[Phase]) -> list[str]:
                 f"{mark(pulls == want)} {label}: mirror pulls {pulls:.0f} (distinct "
                 f"manifests to fetch: {want}; skopeo {fmt(skopeo, '{:.0f}')})"
             )
-    for label in ("repo noop", "scale noop"):
+    for label in ("repo noop", "scale noop", "daemon noop"):
         phase = by.get(label)
         if phase and phase.median("mirror", "wall_s") is not None:
             pulls = phase.median("mirror", "upstream_manifest_gets")
@@ -968,7 +1387,13 @@ def check_targets(phases: list[Phase]) -> list[str]:
                 f"{mark(pulls == 0 and writes == 0)} {label}: mirror pulls {pulls:.0f}, "
                 f"target writes {writes:.0f} (target 0 and 0)"
             )
-    for label in ("repo first", "repo incremental", "scale first"):
+    for label in (
+        "repo first",
+        "repo incremental",
+        "scale first",
+        "daemon first",
+        "daemon incremental",
+    ):
         phase = by.get(label)
         if phase and phase.median("mirror", "bytes_moved") is not None:
             moved = phase.median("mirror", "bytes_moved")
@@ -1014,6 +1439,41 @@ def check_targets(phases: list[Phase]) -> list[str]:
                         f"INFO {big.label}: {tool} {rate:.0f} MB/s = {rate / curl:.2f} "
                         f"of the raw curl pipe ({curl:.0f} MB/s)"
                     )
+    for name, bound in TARGET_DAEMON_RATIO.items():
+        phase = by.get(f"daemon {name}")
+        if phase is None:
+            continue
+        job, whole = phase.median("mirror", "wall_s"), phase.median("skopeo", "wall_s")
+        if job is None or not whole:
+            continue
+        pairs = [r for _, r in phase.pair_ratios("mirror", "skopeo")]
+        per_pair = ", ".join(f"{r:.2f}" for r in pairs)
+        notes.append(
+            f"{mark(job / whole <= bound)} {phase.label}: mirror run's job {job:.3f} s "
+            f"(median) / skopeo's whole run {whole:.2f} s = {job / whole:.2f} (target <= "
+            f"{bound}; per pair {per_pair}, their median "
+            f"{statistics.median(pairs) if pairs else float('nan'):.2f}; {len(pairs)} pairs)"
+        )
+    for phase in phases:
+        pairs = [r for _, r in phase.pair_ratios("mirror-b", "mirror")]
+        a, b = phase.median("mirror", "wall_s"), phase.median("mirror-b", "wall_s")
+        if not pairs or a is None or b is None or not a:
+            continue
+        ratio = b / a
+        verdict = (
+            f"b within {100 * (AB_TOLERANCE - 1):.0f} % or faster"
+            if ratio <= AB_TOLERANCE
+            else f"b slower by {100 * (ratio - 1):.0f} %"
+        )
+        throughput = ""
+        ma, mb = phase.median("mirror", "mb_per_s"), phase.median("mirror-b", "mb_per_s")
+        if phase.scenario == "large" and ma and mb:
+            throughput = f"; throughput b/a {mb / ma:.2f} ({mb:.0f} / {ma:.0f} MB/s)"
+        notes.append(
+            f"A/B {phase.label}: wall b/a = {b:.3f} / {a:.3f} s = {ratio:.3f}: {verdict} "
+            f"(per pair {', '.join(f'{r:.2f}' for r in pairs)}, their median "
+            f"{statistics.median(pairs):.2f}; {len(pairs)} pairs{throughput})"
+        )
     return notes
 
 
@@ -1053,8 +1513,11 @@ def source_fingerprint(package: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def prepare_mirror(mode: str, scratch: Path) -> tuple[list[str], dict[str, str], dict[str, Any]]:
-    """The command that starts mirror, its extra environment, and what source it runs."""
+def prepare_mirror(mode: str, scratch: Path, name: str = "mirror") -> MirrorSource:
+    """The command that starts mirror, its extra environment, and what source it runs.
+
+    ``name`` is the tool (``mirror`` or ``mirror-b``): each gets its own snapshot directory.
+    """
     git = ["git", "-C", str(ROOT)]
     meta: dict[str, Any] = {"mode": mode}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -1070,7 +1533,7 @@ def prepare_mirror(mode: str, scratch: Path) -> tuple[list[str], dict[str, str],
         meta["fingerprint"] = source_fingerprint(ROOT / "mirror")
         command, extra_env, package = mirror_argv(), {}, ROOT / "mirror"
     else:
-        src = scratch / "mirror-src"
+        src = scratch / f"{name}-src"
         src.mkdir()
         if mode == "snapshot":
             shutil.copytree(
@@ -1106,7 +1569,7 @@ def prepare_mirror(mode: str, scratch: Path) -> tuple[list[str], dict[str, str],
     if imported != package:
         raise SystemExit(f"runs would import mirror from {imported}, not {package}")
     meta["imported_from"] = str(imported)
-    return command, extra_env, meta
+    return MirrorSource(command, extra_env, meta)
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -1114,18 +1577,47 @@ def prepare_mirror(mode: str, scratch: Path) -> tuple[list[str], dict[str, str],
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenario", choices=["repo", "large", "scale", "all"], default="all")
+    parser.add_argument(
+        "--scenario", choices=["repo", "large", "scale", "daemon", "all"], default="all"
+    )
     parser.add_argument("--runs", type=int, help="runs per tool (default 3; 1 with --quick)")
     parser.add_argument("--large-runs", type=int, help="runs per tool for large (default 2)")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
-    parser.add_argument("--tools", default="mirror,skopeo", help="comma-separated subset")
+    parser.add_argument(
+        "--tools",
+        default="mirror,skopeo",
+        help="comma-separated, from mirror, mirror-b, skopeo (default mirror,skopeo); they "
+        "alternate in that order",
+    )
     parser.add_argument(
         "--mirror-src",
         default="live",
         metavar="live|snapshot|head|git:REV",
         help="which mirror/ to run: the checkout as it is (default), a copy taken at start, "
         "or a commit",
+    )
+    parser.add_argument(
+        "--mirror-b-src",
+        metavar="live|snapshot|head|git:REV",
+        help="the mirror/ that tool mirror-b runs (an A/B against --mirror-src); adds "
+        "mirror-b to --tools when it is not there",
+    )
+    parser.add_argument(
+        "--daemon-interval",
+        type=float,
+        default=8.0,
+        metavar="S",
+        help="daemon scenario: the entry's interval (default 8: longer than mirror's 5 s "
+        "keep-alive, so every run opens its connections as a run hours apart does)",
+    )
+    parser.add_argument(
+        "--daemon-token-lifetime",
+        type=int,
+        default=4,
+        metavar="S",
+        help="daemon scenario: the token server's token lifetime (default 4, so every "
+        "scheduled run logs in again as a run hours apart does; 0 keeps its 300 s)",
     )
     parser.add_argument(
         "--wait-quiet",
@@ -1136,22 +1628,31 @@ def main(argv: list[str] | None = None) -> int:
         f"under {QUIET_BUSY_PCT:.0f}%% busy (default 60)",
     )
     args = parser.parse_args(argv)
-    if args.mirror_src not in ("live", "snapshot", "head") and not args.mirror_src.startswith(
-        "git:"
-    ):
-        parser.error("--mirror-src: live, snapshot, head or git:REV")
+    for flag, value in (("--mirror-src", args.mirror_src), ("--mirror-b-src", args.mirror_b_src)):
+        if (
+            value is not None
+            and value not in ("live", "snapshot", "head")
+            and not (value.startswith("git:"))
+        ):
+            parser.error(f"{flag}: live, snapshot, head or git:REV")
+    if args.daemon_interval <= 0 or args.daemon_token_lifetime < 0:
+        parser.error("--daemon-interval must be positive, --daemon-token-lifetime 0 or more")
 
     sizes = Sizes.quick() if args.quick else Sizes.full()
     runs = args.runs or (1 if args.quick else 3)
     large_runs = args.large_runs or (1 if args.quick else min(runs, 2))
     tools = [t for t in args.tools.split(",") if t]
+    if args.mirror_b_src is not None and "mirror-b" not in tools:
+        tools.insert(tools.index("mirror") + 1 if "mirror" in tools else 0, "mirror-b")
+    if "mirror-b" in tools and args.mirror_b_src is None:
+        parser.error("--tools mirror-b needs --mirror-b-src (which mirror/ it runs)")
     notes: list[str] = []
     if "skopeo" in tools and not Path(SKOPEO).exists():
         tools.remove("skopeo")
         notes.append(f"{SKOPEO} is not installed: mirror only, no ratios")
     if not set(tools) <= set(TOOLS) or not tools:
         parser.error(f"--tools: choose from {', '.join(TOOLS)}")
-    scenarios = ["repo", "large", "scale"] if args.scenario == "all" else [args.scenario]
+    scenarios = ["repo", "large", "scale", "daemon"] if args.scenario == "all" else [args.scenario]
     if "large" in scenarios:
         free = shutil.disk_usage(tempfile.gettempdir()).free
         if free < 3 * sizes.large:
@@ -1164,20 +1665,27 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-compare-")))
-        mirror_cmd, mirror_env, mirror_meta = prepare_mirror(args.mirror_src, scratch)
+        mirrors = {
+            tool: prepare_mirror(src, scratch, tool)
+            for tool, src in (("mirror", args.mirror_src), ("mirror-b", args.mirror_b_src))
+            if tool in tools and src is not None
+        }
         tokens = stack.enter_context(TokenServer())
         hub = stack.enter_context(HubRegistry(tokens))
-        bench = Bench(args, tokens, hub, scratch, tools, mirror_cmd, mirror_env)
-        print(
-            f"upstream {hub.host} (token auth, user {HUB_USER}); tools {', '.join(tools)}; "
-            f"mirror: {' '.join(mirror_cmd)} ({mirror_meta['source']}, "
-            f"{mirror_meta['fingerprint']})",
-            flush=True,
-        )
+        bench = Bench(args, tokens, hub, scratch, tools, mirrors)
+        print(f"upstream {hub.host} (token auth, user {HUB_USER}); tools {', '.join(tools)}")
+        for tool, source in mirrors.items():
+            print(
+                f"  {tool}: {' '.join(source.command)} ({source.meta['source']}"
+                f"{', ' + source.meta['git_rev'] if 'git_rev' in source.meta else ''}, "
+                f"{source.meta['fingerprint']})",
+                flush=True,
+            )
         runners = {
             "repo": (run_repo, runs),
             "large": (run_large, large_runs),
             "scale": (run_scale, runs),
+            "daemon": (run_daemon, runs),
         }
         for scenario in scenarios:
             runner, count = runners[scenario]
@@ -1194,11 +1702,20 @@ def main(argv: list[str] | None = None) -> int:
         if not r.ok
     ]
     notes += check_targets(phases)
-    cpus = os.cpu_count() or 1
+    if any(p.scenario == "daemon" for p in phases):
+        notes.append(
+            "daemon phases: mirror's (and mirror-b's) wall s is the job run's own seconds from "
+            'the daemon\'s "job run" line (no process start-up; first includes connecting '
+            "and logging in), equal to the growth of mirror_job_duration_seconds_sum; "
+            "skopeo's is its whole process. spawn -> first job line is mirror's whole first "
+            "run, start-up included"
+        )
     for p in phases:
         for records in p.runs.values():
             for r in records:
-                share = r.metrics.get("other_cpu_s", 0) / (r.metrics["wall_s"] * cpus)
+                if not r.metrics.get("wall_s") and not r.metrics.get("window_s"):
+                    continue  # a run that never happened (its daemon failed before it)
+                share = others_share(r)
                 if share > NOISY_SHARE:
                     notes.append(
                         f"NOISY {p.label} {r.tool} run {r.run}: other processes on "
@@ -1218,9 +1735,14 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": round(elapsed, 1),
         "machine": machine(),
-        "mirror": mirror_meta,
+        "mirror": mirrors["mirror"].meta if "mirror" in mirrors else None,
+        "mirror_b": mirrors["mirror-b"].meta if "mirror-b" in mirrors else None,
         "sizes": sizes.__dict__,
-        "runs": {"repo": runs, "scale": runs, "large": large_runs},
+        "runs": {"repo": runs, "scale": runs, "large": large_runs, "daemon": runs},
+        "daemon": {
+            "interval_s": args.daemon_interval,
+            "token_lifetime_s": args.daemon_token_lifetime or None,
+        },
         "notes": notes,
         "phases": [
             {
