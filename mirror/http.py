@@ -21,7 +21,7 @@ import httpx
 from mirror.errors import MirrorError, Unavailable
 from mirror.reference import is_loopback_host
 from mirror.responses import MAX_ERROR_BODY_BYTES, read_capped, safe_url
-from mirror.transport import pooled_transport, ssl_context
+from mirror.transport import ssl_context, transport_for
 
 # Short requests in flight per registry (the client's slots; its pool keeps as many
 # connections idle). A registry on the LAN answers in about a millisecond: eight keep
@@ -101,7 +101,7 @@ class HttpClient:
             auth=auth,
             timeout=timeout,
             verify=ssl_context(verify),
-            transport=transport or pooled_transport(verify, max_connections),
+            transport=transport or transport_for(base_url, verify, max_connections),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),

@@ -1,8 +1,9 @@
 """The network under httpx: a small keep-alive pool of httpcore connections on asyncio's
 own streams.
 
-Owns sockets, timeouts, TLS handshakes and which connection a request goes out on; not HTTP
-(httpcore speaks it) and nothing of registries. Why it exists: httpcore's pool reaches asyncio
+Owns sockets, timeouts, TLS handshakes, which connection a request goes out on, and whether
+the environment sends it through a proxy (``HTTPS_PROXY``/``NO_PROXY``); not HTTP (httpcore
+speaks it) and nothing of registries. Why it exists: httpcore's pool reaches asyncio
 through anyio, and on every request it asks each idle connection whether the server closed
 it, which anyio answers by rebuilding a table of socket attributes (a getpeername call) and
 polling the socket; it also matches every queued request against every connection on each
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import os
 import ssl
+import urllib.parse
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -26,7 +29,12 @@ KEEPALIVE_EXPIRY_S = 5.0  # httpx's default: an idle connection older than this 
 READ_BUFFER_BYTES = 1024 * 1024  # what a connection reads ahead before pausing the socket
 READ_BYTES = 256 * 1024  # the most one read hands httpcore
 HOLD_BYTES = 64 * 1024  # a write this small waits for the next one (headers for their body)
-PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy")
+# Unsent bytes past which a write waits for the socket (asyncio's own high-water mark: drain
+# would not wait below it), so a caller writing many small pieces cannot pile up memory.
+WRITE_HIGH_WATER_BYTES = 64 * 1024
+# RFC 8305's delay before racing the next address: a host whose IPv6 address is black-holed
+# costs a quarter of a second, not the whole connect timeout.
+HAPPY_EYEBALLS_DELAY_S = 0.25
 # httpcore's names for what a connection can tell -> asyncio's
 _EXTRA_INFO = {
     "ssl_object": "ssl_object",
@@ -74,16 +82,16 @@ class _Stream(httpcore.AsyncNetworkStream):
             return
         if self._held and len(self._held) + len(buffer) <= HOLD_BYTES:
             self._held += buffer  # its send is scheduled already
-            return
-        self._send_held()
-        if len(buffer) <= HOLD_BYTES:
-            self._held = buffer
-            asyncio.get_running_loop().call_soon(self._send_held)
-            return
+        else:
+            self._send_held()
+            if len(buffer) <= HOLD_BYTES:
+                self._held = buffer
+                asyncio.get_running_loop().call_soon(self._send_held)
+            else:
+                self._writer.write(buffer)
+        if self._writer.transport.get_write_buffer_size() <= WRITE_HIGH_WATER_BYTES:
+            return  # the socket is keeping up (or took it all): nothing to wait for
         try:
-            self._writer.write(buffer)
-            if not self._writer.transport.get_write_buffer_size():
-                return  # all of it went: nothing to wait for
             async with asyncio.timeout(timeout):
                 await self._writer.drain()
         except TimeoutError:
@@ -132,7 +140,9 @@ async def open_tcp(host: str, port: int, timeout: float | None) -> _Stream:
     """A TCP connection for httpcore on asyncio's streams, its failures in httpcore's terms."""
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, limit=READ_BUFFER_BYTES)
+            reader, writer = await asyncio.open_connection(
+                host, port, limit=READ_BUFFER_BYTES, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY_S
+            )
     except TimeoutError:
         where = f"{host}:{port}"
         raise httpcore.ConnectTimeout(f"no connection to {where} within {timeout:g} s") from None
@@ -268,14 +278,63 @@ def ssl_context(verify: bool | str = True) -> ssl.SSLContext:
     return httpx.create_ssl_context(verify=verify)
 
 
-def proxy_configured(environ: Mapping[str, str] = os.environ) -> bool:
-    """Whether the environment names an HTTP proxy, which httpx honours only with its own
-    transport (so mirror then uses that one)."""
-    return any(environ.get(v) or environ.get(v.upper()) for v in PROXY_VARIABLES)
+def environment_proxy(url: str, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY`` for https, ``HTTP_PROXY``
+    for http, else ``ALL_PROXY``; lower case first, as curl reads them), or None when there
+    is none or ``NO_PROXY`` exempts the host."""
 
+    def variable(name: str) -> str:
+        return environ.get(name) or environ.get(name.upper()) or ""
 
-def pooled_transport(verify: bool | str, max_connections: int) -> httpx.AsyncBaseTransport | None:
-    """The transport for one registry's client; None (httpx's own) when a proxy is set."""
-    if proxy_configured():
+    parsed = urllib.parse.urlsplit(url)
+    proxy = variable(f"{parsed.scheme}_proxy") or variable("all_proxy")
+    if (
+        not proxy
+        or not parsed.hostname
+        or exempt(parsed.hostname, parsed.port, variable("no_proxy"))
+    ):
         return None
-    return _PooledTransport(ssl_context(verify), max_connections)
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def exempt(host: str, port: int | None, no_proxy: str) -> bool:
+    """Whether ``NO_PROXY`` exempts ``host`` (curl's rules): ``*`` every host; a name that host
+    or any under it (``example.com``, ``.example.com``); an address or a CIDR range;
+    ``name:port`` only that port."""
+    host = host.lower().strip("[]")
+    for entry in (e.strip().lower() for e in no_proxy.split(",")):
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        name = name.strip("[]")
+        if entry_port and (not entry_port.isdigit() or int(entry_port) != port):
+            continue
+        try:
+            if ipaddress.ip_address(host) in ipaddress.ip_network(name, strict=False):
+                return True
+            continue
+        except ValueError:
+            pass  # a name, not an address
+        name = name.lstrip(".")
+        if host == name or host.endswith("." + name):
+            return True
+    return False
+
+
+def transport_for(
+    base_url: str, verify: bool | str, max_connections: int
+) -> httpx.AsyncBaseTransport:
+    """The transport for one registry's client: ``_Pool`` on asyncio streams, or, when the
+    environment sends this registry through a proxy, httpx's own transport speaking to that
+    proxy. Either way requests are bounded by the client's slots, so neither pool caps its
+    connections (a cap that held blob streams fill would starve their uploads)."""
+    proxy = environment_proxy(base_url)
+    if proxy is None:
+        return _PooledTransport(ssl_context(verify), max_connections)
+    return httpx.AsyncHTTPTransport(
+        verify=ssl_context(verify),
+        proxy=proxy,
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=max_connections),
+    )

@@ -8,12 +8,13 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import httpcore
 import httpx
 import pytest
 
 from mirror import transport
 from mirror.registry import Registry
-from mirror.transport import _Pool, pooled_transport, proxy_configured
+from mirror.transport import _Pool, environment_proxy, exempt, transport_for
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -44,8 +45,8 @@ async def server(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
 
 
 def client(base_url: str, **kwargs: object) -> httpx.AsyncClient:
-    transport = pooled_transport(False, 4)
-    assert transport is not None
+    transport = transport_for(base_url, False, 4)
+    assert isinstance(getattr(transport, "_pool", None), _Pool)
     return httpx.AsyncClient(base_url=base_url, transport=transport, **kwargs)  # type: ignore[arg-type]
 
 
@@ -257,22 +258,69 @@ async def test_a_request_head_goes_out_before_a_body_that_is_not_ready() -> None
     assert response.text == "ok"
 
 
-def test_a_proxy_in_the_environment_keeps_httpx_transport(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    for name in ("https_proxy", "http_proxy", "all_proxy"):
+PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture
+def no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
-    assert not proxy_configured()
-    assert pooled_transport(True, 8) is not None
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
-    assert proxy_configured()
-    assert pooled_transport(True, 8) is None  # httpx's own, which honours the proxy
+    return monkeypatch
 
 
-async def test_registries_use_the_asyncio_pool(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HTTPS_PROXY", raising=False)
-    monkeypatch.delenv("https_proxy", raising=False)
+def test_the_proxy_is_chosen_per_scheme_as_curl_does(no_proxy_settings: pytest.MonkeyPatch) -> None:
+    env = no_proxy_settings
+    assert environment_proxy("https://registry-1.docker.io/v2/") is None
+    env.setenv("HTTPS_PROXY", "proxy.corp:3128")
+    env.setenv("http_proxy", "http://plain.corp:8080")
+
+    assert environment_proxy("https://registry-1.docker.io/v2/") == "http://proxy.corp:3128"
+    assert environment_proxy("http://registry.local:5000/v2/") == "http://plain.corp:8080"
+    env.delenv("http_proxy")
+    env.setenv("ALL_PROXY", "http://all.corp:1")
+    assert environment_proxy("http://registry.local:5000/v2/") == "http://all.corp:1"
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "no_proxy", "exempted"),
+    [
+        ("registry.local", 5000, "registry.local", True),
+        ("registry.local", 5000, "registry.local:5000", True),
+        ("registry.local", 5000, "registry.local:5001", False),
+        ("a.corp.example", 443, ".corp.example", True),
+        ("a.corp.example", 443, "corp.example", True),
+        ("notcorp.example", 443, "corp.example", False),
+        ("10.1.2.3", 5000, "10.0.0.0/8", True),
+        ("127.0.0.1", 5000, "localhost,127.0.0.1", True),
+        ("::1", 5000, "::1", True),
+        ("docker.io", 443, "*", True),
+        ("docker.io", 443, " , ", False),
+    ],
+)
+def test_no_proxy_exempts_hosts_as_curl_does(
+    host: str, port: int, no_proxy: str, exempted: bool
+) -> None:
+    assert exempt(host, port, no_proxy) is exempted
+
+
+def test_a_proxied_registry_gets_an_uncapped_proxy_transport_the_rest_our_pool(
+    no_proxy_settings: pytest.MonkeyPatch,
+) -> None:
+    no_proxy_settings.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
+    no_proxy_settings.setenv("NO_PROXY", "registry.local")
+
+    proxied = transport_for("https://registry-1.docker.io", True, 8)
+    direct = transport_for("https://registry.local:5000", True, 8)
+
+    assert isinstance(getattr(direct, "_pool", None), _Pool)
+    pool = getattr(proxied, "_pool", None)
+    assert isinstance(pool, httpcore.AsyncHTTPProxy)
+    # Held blob streams must never starve their uploads of a connection: no cap here either.
+    assert pool._max_connections is None or pool._max_connections >= 1_000_000
+
+
+async def test_registries_use_the_asyncio_pool(no_proxy_settings: pytest.MonkeyPatch) -> None:
     registry = Registry("127.0.0.1:5000")
     try:
         transport = registry._http._http._transport
@@ -280,3 +328,68 @@ async def test_registries_use_the_asyncio_pool(monkeypatch: pytest.MonkeyPatch) 
         assert isinstance(pool, _Pool)
     finally:
         await registry.aclose()
+
+
+async def test_small_writes_the_peer_does_not_read_stop_at_the_high_water_mark() -> None:
+    # A peer that reads nothing: the writer must wait (and time out) rather than buffer
+    # every small piece it is handed.
+    stalled = asyncio.Event()
+
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await stalled.wait()
+
+    async with server(never_reads) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        stream = await transport.open_tcp(host, int(port), timeout=2)
+        sent = 0
+        with pytest.raises(httpcore.WriteTimeout):
+            for _ in range(100_000):  # far more than socket buffers hold
+                await stream.write(b"x" * 4096, timeout=0.3)
+                sent += 4096
+        buffered = stream._writer.transport.get_write_buffer_size()
+        await stream.aclose()
+        stalled.set()
+    assert buffered <= transport.WRITE_HIGH_WATER_BYTES + transport.HOLD_BYTES + 4096
+    assert sent < 100_000 * 4096
+
+
+async def test_a_black_holed_address_costs_the_happy_eyeballs_delay_not_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 127.0.0.2 listens but its accept queue is full, so the kernel drops further SYNs: a
+    # black hole. 127.0.0.3 answers. A name resolving to both must connect at once.
+    hole = socket.socket()
+    hole.bind(("127.0.0.2", 0))
+    port = hole.getsockname()[1]
+    hole.listen(0)
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.2", port))
+        fillers.append(filler)
+    await asyncio.sleep(0.1)
+    answering = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.3", port)
+    loop = asyncio.get_running_loop()
+
+    async def both(host: str, *args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        assert host == "dual.test"
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.3", port)),
+        ]
+
+    monkeypatch.setattr(loop, "getaddrinfo", both)
+    try:
+        started = loop.time()
+        stream = await transport.open_tcp("dual.test", port, timeout=5)
+        elapsed = loop.time() - started
+        assert stream.get_extra_info("server_addr")[0] == "127.0.0.3"
+        await stream.aclose()
+    finally:
+        answering.close()
+        hole.close()
+        for filler in fillers:
+            filler.close()
+    assert elapsed < 1.0, f"took {elapsed:.2f} s: the black-holed address held the connect"
