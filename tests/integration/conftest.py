@@ -169,6 +169,4 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 
     yield start
     for daemon in started:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait()
+        daemon.kill()

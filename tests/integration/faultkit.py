@@ -1,5 +1,6 @@
-"""Shared pieces of the fault tests: running ``mirror`` (timed, its peak memory measured and
-its output searched for secrets), images with a large layer, and the invariant check.
+"""Shared pieces of the fault tests: ``sync`` (``mirror sync`` run with ``helpers.run_mirror``,
+timed, its peak memory measured and its output searched for secrets), images with a large
+layer, and the invariant check.
 
 The invariant, checked on the real target after every fault with ``tests.support.images``
 (which knows nothing of mirror): every tag the target holds is complete and intact (its
@@ -10,23 +11,12 @@ where it was before the run or at the source's new content, never anywhere else.
 from __future__ import annotations
 
 import base64
-import contextlib
 import functools
-import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
 
-from tests.integration.helpers import HUB_PASSWORD, HUB_USER, HasHost, Run
+from tests.integration.helpers import HUB_ENV, HUB_PASSWORD, HUB_USER, HasHost, Run, run_mirror
 from tests.support.images import (
     MANIFEST_ACCEPT,
     Blob,
@@ -46,21 +36,6 @@ MIB = 1024 * 1024
 BIG_LAYER_BYTES = 5 * MIB  # over mirror's 4 MiB line: streamed through a resumable session
 RUN_TIMEOUT_S = 60.0  # no single run in these tests comes near this; a hang fails, not blocks
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
-# The peak is VmHWM, the high-water mark of this process's own memory since its exec. Not
-# getrusage's ru_maxrss: Linux carries the parent's high-water mark across fork/vfork + exec
-# into it, so a child of a pytest that had grown to 442 MB once reported 442 MB.
-_MEASURE = (
-    "import atexit, runpy, sys\n"
-    "out = sys.argv.pop(1)\n"
-    "def peak():\n"
-    "    with open('/proc/self/status') as status:\n"
-    "        kib = next(l.split()[1] for l in status if l.startswith('VmHWM:'))\n"
-    "    with open(out, 'w') as fh:\n"
-    "        fh.write(kib)\n"
-    "atexit.register(peak)\n"
-    "sys.argv[0] = 'mirror'\n"
-    "runpy.run_module('mirror', run_name='__main__', alter_sys=True)\n"
-)
 
 
 @functools.cache
@@ -155,149 +130,14 @@ class Secrets:
             leaks = self.leaks(text)
             assert not leaks, f"output shows {', '.join(leaks)}:\n{text[:3000]}"
 
-
-# -- running mirror ------------------------------------------------------------------------
-
-
-@dataclass
-class MirrorRun(Run):
-    """A finished ``mirror`` run: exit code, output, wall time and peak RSS."""
-
-    seconds: float = 0.0
-    peak_rss_mb: float = 0.0
-    argv: list[str] = field(default_factory=list)
-
-    def results(self) -> dict[str, dict[str, Any]]:
-        """The --json report's per-tag results, by tag (or digest)."""
-        out: dict[str, dict[str, Any]] = {}
-        for entry in self.report["tags"]:
-            target = str(entry["target"])
-            key = target.rsplit("@", 1)[1] if "@" in target else target.rsplit(":", 1)[1]
-            out[key] = dict(entry)
-        return out
-
-    def statuses(self) -> dict[str, str]:
-        return {tag: str(r["status"]) for tag, r in self.results().items()}
-
-    def errors(self) -> dict[str, str]:
-        return {tag: str(r["error"]) for tag, r in self.results().items() if r["error"]}
-
-    def error_lines(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if line.strip()]
-
-    def describe(self) -> str:
-        return (
-            f"mirror {' '.join(self.argv)} -> {self.code} in {self.seconds:.2f} s\n"
-            f"stdout: {self.stdout[:3000]}\nstderr: {self.stderr[:3000]}"
-        )
+    def checked(self, run: Run) -> Run:
+        """``run``, once its output is found to show no secret and no traceback."""
+        self.check(run.stdout, run.stderr)
+        assert "Traceback" not in run.stderr + run.stdout, run.describe()
+        return run
 
 
-def mirror_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A clean environment, as ``helpers.run_mirror`` makes it, with the Hub password."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("MIRROR_", "DOCKER_"))}
-    environment.update(
-        HOME=str(home),
-        DOCKER_CONFIG=str(home / ".docker"),
-        PYTHONUNBUFFERED="1",
-        HUB_PW=HUB_PASSWORD,
-        **(extra or {}),
-    )
-    return environment
-
-
-class Started:
-    """A ``mirror`` process started in the background; its output is collected as it comes
-    (``lines``), so a test can wait for a log line, send a signal, then ``wait()``."""
-
-    def __init__(self, args: Iterable[str], home: Path) -> None:
-        self.argv = list(args)
-        self._peak = Path(tempfile.mkstemp(prefix="mirror-peak-", dir=home)[1])
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _MEASURE, str(self._peak), *self.argv],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=mirror_env(home),
-        )
-        self.stdout_lines: list[str] = []
-        self.stderr_lines: list[str] = []
-        self._readers = [
-            threading.Thread(target=self._read, args=(stream, lines), daemon=True)
-            for stream, lines in (
-                (self.proc.stdout, self.stdout_lines),
-                (self.proc.stderr, self.stderr_lines),
-            )
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    @staticmethod
-    def _read(stream: IO[str] | None, lines: list[str]) -> None:
-        assert stream is not None
-        for line in stream:
-            lines.append(line)
-
-    def log_events(self) -> list[dict[str, Any]]:
-        """The JSON log lines on stdout so far (the daemon's, ``sync --all``'s)."""
-        events = []
-        for line in list(self.stdout_lines):
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                if isinstance(event, dict):
-                    events.append(event)
-        return events
-
-    def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
-        """Poll ``check`` until it is truthy; fail (with the output so far) after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise AssertionError(
-            f"timed out waiting for {what}; stdout:\n{''.join(self.stdout_lines)[-3000:]}\n"
-            f"stderr:\n{''.join(self.stderr_lines)[-3000:]}"
-        )
-
-    def signal(self, signum: int = signal.SIGTERM) -> None:
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout: float = RUN_TIMEOUT_S) -> MirrorRun:
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(
-                f"mirror {' '.join(self.argv)} still running after {timeout} s (a hang)\n"
-                f"stdout: {''.join(self.stdout_lines)[-2000:]}\n"
-                f"stderr: {''.join(self.stderr_lines)[-2000:]}"
-            ) from None
-        seconds = time.monotonic() - self.started
-        for reader in self._readers:
-            reader.join(timeout=10)
-        text = self._peak.read_text().strip() if self._peak.exists() else ""
-        peak_mb = int(text) / 1024 if text.isdigit() else 0.0
-        self._peak.unlink(missing_ok=True)
-        stdout, stderr = "".join(self.stdout_lines), "".join(self.stderr_lines)
-        return MirrorRun(self.proc.returncode, stdout, stderr, seconds, peak_mb, self.argv)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def run(*args: str, home: Path, secrets: Secrets, timeout: float = RUN_TIMEOUT_S) -> MirrorRun:
-    """Run ``mirror ARGS`` to the end; fail the test if its output shows a secret."""
-    finished = Started(args, home).wait(timeout)
-    secrets.check(finished.stdout, finished.stderr)
-    assert "Traceback" not in finished.stderr + finished.stdout, finished.describe()
-    return finished
+# -- syncing -------------------------------------------------------------------------------
 
 
 def write_config(
@@ -332,11 +172,11 @@ def sync(
     *extra: str,
     tag: str | None = None,
     read_timeout: str | None = None,
-) -> MirrorRun:
+) -> Run:
     """``mirror sync SOURCE/REPO[:TAG] --to TARGET --json`` with the test user's login."""
     config = write_config(tmp_path, source, read_timeout=read_timeout)
     ref = f"{source.host}/{repo}" + (f":{tag}" if tag else "")
-    return run(
+    finished = run_mirror(
         "sync",
         ref,
         "--to",
@@ -346,8 +186,11 @@ def sync(
         str(config),
         *extra,
         home=tmp_path,
-        secrets=secrets,
+        env=HUB_ENV,
+        timeout=RUN_TIMEOUT_S,
+        measure=True,
     )
+    return secrets.checked(finished)
 
 
 # -- the invariant -------------------------------------------------------------------------
@@ -411,18 +254,7 @@ def manifest_status(target: RegistryProcess, repo: str, reference: str) -> int:
     return response.status_code
 
 
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll ``check`` until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def one_line_errors(run: MirrorRun, count: int | None = None) -> list[str]:
+def one_line_errors(run: Run, count: int | None = None) -> list[str]:
     """mirror's failure lines on stderr: each one line, ``mirror: error: ...``."""
     lines = run.error_lines()
     assert all(line.startswith("mirror: error: ") for line in lines), run.describe()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration import faultkit as kit
-from tests.integration.helpers import writes
+from tests.integration.helpers import Run, writes
 from tests.support import faults
 from tests.support.images import DOCKER_MANIFEST, Image, Pusher
 from tests.support.proxy import RegistryProxy
@@ -33,9 +33,7 @@ def two_tags(hub_pusher: Pusher, unique_repo: str) -> dict[str, Image]:
     return kit.push_small(hub_pusher, unique_repo, ("good", "bad"))
 
 
-def only_bad_failed(
-    run: kit.MirrorRun, local: RegistryProcess, repo: str, images: dict[str, Image]
-) -> str:
+def only_bad_failed(run: Run, local: RegistryProcess, repo: str, images: dict[str, Image]) -> str:
     """The run failed ``bad`` alone, in one line on stderr, and copied ``good``; the target
     holds ``good`` intact and nothing under ``bad``. Returns the error line."""
     assert run.code == 1, run.describe()

@@ -6,11 +6,11 @@ content are what the tests look at.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -21,11 +21,10 @@ import pytest
 from tests.integration.helpers import (
     HUB_PASSWORD,
     HUB_USER,
-    MIRROR,
     Daemon,
+    MirrorProcess,
     metric,
     run_mirror,
-    user_environment,
 )
 from tests.support.images import Pusher, build_image, manifest_digest, verify_same
 from tests.support.registry import RegistryProcess, free_port
@@ -101,7 +100,7 @@ def test_daemon_keeps_the_target_in_step_and_reports_it(
     assert daemon.stop() == 0
     assert time.monotonic() - started < 10
     assert daemon.events("daemon stopped")
-    assert HUB_PASSWORD not in "".join(daemon.raw)
+    assert HUB_PASSWORD not in daemon.output
 
 
 def test_sighup_adds_an_entry_and_a_bad_config_is_rejected(
@@ -122,12 +121,12 @@ def test_sighup_adds_an_entry_and_a_bad_config_is_rejected(
     daemon.wait_for("the first entry", lambda: manifest_digest(local.url, first, "v1"))
 
     config.write_text(config_text(hub, local, port, [first]) + "[[mirrors]]\nbogus = 1\n")
-    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.signal(signal.SIGHUP)
     rejected = daemon.wait_for("the rejection", lambda: daemon.events("config reload rejected"))
     assert "mirrors[1]" in rejected[0]["error"]
 
     config.write_text(config_text(hub, local, port, [first, second]))
-    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.signal(signal.SIGHUP)
     daemon.wait_for("the added entry", lambda: manifest_digest(local.url, second, "v1"))
     assert daemon.events("config reloaded")
     assert daemon.get("/metrics").status_code == 200
@@ -294,23 +293,22 @@ def test_the_daemon_feeds_systemds_watchdog(
     address = f"mirror-watchdog-{uuid.uuid4().hex}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind("\0" + address)
-        notify.settimeout(10)
+        notify.settimeout(0.2)
         env = {"NOTIFY_SOCKET": "@" + address, "WATCHDOG_USEC": "1000000", "HUB_PW": "x"}
-        proc = subprocess.Popen(
-            [*MIRROR, "run", "--config", str(config)],
-            env=user_environment(tmp_path, env),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        daemon = MirrorProcess("run", "--config", str(config), home=tmp_path, env=env)
+        messages: list[str] = []
+
+        def three_pings() -> bool:
+            with contextlib.suppress(TimeoutError):
+                messages.extend(notify.recv(4096).decode().splitlines())
+            return messages.count("WATCHDOG=1") >= 3
+
         try:
-            messages: list[str] = []
             started = time.monotonic()
-            while messages.count("WATCHDOG=1") < 3 and time.monotonic() - started < 10:
-                messages += notify.recv(4096).decode().splitlines()
+            daemon.wait_for("three watchdog pings", three_pings, timeout=10)
             elapsed = time.monotonic() - started
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(20)
+            daemon.stop()
 
     assert messages.count("WATCHDOG=1") >= 3, messages
     assert elapsed < 3  # every half of WatchdogSec=1s
@@ -327,14 +325,8 @@ def test_under_systemd_each_line_carries_its_priority_so_the_journal_can_filter(
     with journal.open("w") as stream:
         status = os.fstat(stream.fileno())
         env = {"JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}", "HUB_PW": HUB_PASSWORD}
-        code = subprocess.run(
-            [*MIRROR, "sync", "--all", "--config", str(config)],
-            env=user_environment(tmp_path, env),
-            stdout=stream,
-            stderr=subprocess.DEVNULL,
-            timeout=60,
-            check=False,
-        ).returncode
+        args = ("sync", "--all", "--config", str(config))
+        code = run_mirror(*args, home=tmp_path, env=env, stdout=stream, timeout=60).code
 
     assert code == 1
     by_priority: dict[str, list[str]] = {}

@@ -17,6 +17,7 @@ real daemon's /metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import fnmatch
 import itertools
@@ -36,7 +37,7 @@ import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 import yaml
@@ -46,6 +47,7 @@ from mirror.cli import build_parser
 from mirror.config import Config, DaemonSettings, load_config, parse_duration
 from mirror.daemon import Shard
 from mirror.health import HealthServer, Metrics
+from tests.integration.helpers import MIRROR, MirrorProcess, Run, run_mirror, wait_until
 from tests.support.registry import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -1304,17 +1306,12 @@ def daemon_config(path: Path, registry: str, listen: str, password_file: str) ->
     return path
 
 
-def unit_command(line: str, config: Path) -> list[str]:
-    """An Exec*= line of the unit as this suite runs it: its own mirror, a test config."""
+def unit_args(line: str, config: Path) -> list[str]:
+    """The arguments of an Exec*= line of the unit, for this suite's own mirror: a test
+    config in place of the unit's."""
     binary, *argv = shlex.split(line)
     assert binary == "/opt/mirror/bin/mirror"
-    return [sys.executable, "-m", "mirror", *(str(config) if a == CONFIG_PATH else a for a in argv)]
-
-
-def clean_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MIRROR_", "DOCKER_"))}
-    env.update(HOME=str(tmp_path), DOCKER_CONFIG=str(tmp_path / ".docker"), **extra)
-    return env
+    return [str(config) if a == CONFIG_PATH else a for a in argv]
 
 
 def test_the_unit_s_config_check_refuses_a_credential_it_cannot_read(
@@ -1330,17 +1327,17 @@ def test_the_unit_s_config_check_refuses_a_credential_it_cannot_read(
     )
     credentials = tmp_path / "credentials"
     credentials.mkdir()
-    check = unit_command(unit_value(service, "ExecStartPre"), config)
-    env = clean_environment(tmp_path, CREDENTIALS_DIRECTORY=str(credentials))
+    check = unit_args(unit_value(service, "ExecStartPre"), config)
+    env = {"CREDENTIALS_DIRECTORY": str(credentials)}
 
-    missing = subprocess.run(check, env=env, capture_output=True, text=True, timeout=60)
+    missing = run_mirror(*check, home=tmp_path, env=env, timeout=60)
     (credentials / credential).write_text("token\n")
-    present = subprocess.run(check, env=env, capture_output=True, text=True, timeout=60)
+    present = run_mirror(*check, home=tmp_path, env=env, timeout=60)
 
-    assert missing.returncode == 2, missing.stdout + missing.stderr
+    assert missing.code == 2, missing.stdout + missing.stderr
     (problem,) = (missing.stdout + missing.stderr).splitlines()
     assert f"{credentials}/{credential}" in problem
-    assert present.returncode == 0, present.stdout + present.stderr
+    assert present.code == 0, present.stdout + present.stderr
     assert present.stdout + present.stderr == ""
 
 
@@ -1365,96 +1362,81 @@ def test_mirror_run_keeps_the_unit_s_promises(tmp_path: Path, empty_registry: st
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     address = f"mirror-test-{uuid.uuid4().hex}"
     notify.bind("\0" + address)  # abstract namespace, as systemd's NOTIFY_SOCKET may be
-    notify.settimeout(0.2)
-    env = clean_environment(
-        tmp_path,
-        NOTIFY_SOCKET="@" + address,
-        CREDENTIALS_DIRECTORY=str(credentials),
-        WATCHDOG_USEC=str(WATCHDOG_TEST_USEC),
-    )
-    argv = unit_command(unit_value(service, "ExecStart"), config)
-    if kernel_has_mdwe():
-        argv = [sys.executable, "-c", MDWE_EXEC, *argv]
-    proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.extend(proc.stdout or ()), daemon=True)
-    reader.start()
+    notify.settimeout(0.05)
+    env = {
+        "NOTIFY_SOCKET": "@" + address,
+        "CREDENTIALS_DIRECTORY": str(credentials),
+        "WATCHDOG_USEC": str(WATCHDOG_TEST_USEC),
+    }
+    program = (sys.executable, "-c", MDWE_EXEC, *MIRROR) if kernel_has_mdwe() else MIRROR
+    args = unit_args(unit_value(service, "ExecStart"), config)
+    daemon = MirrorProcess(*args, home=tmp_path, env=env, program=program, port=port)
     datagrams: list[tuple[float, list[str]]] = []  # (when, lines) of each notify datagram
     seen = 0  # how many of them expect() has gone past
 
-    def fail(message: str) -> NoReturn:
-        proc.kill()
-        reader.join(5)
-        raise AssertionError(f"{message}; notify: {datagrams}; log:\n{''.join(output)}")
-
-    def receive(until: float) -> None:
-        while time.monotonic() < until:
-            try:
-                datagram = notify.recv(4096).decode()
-            except TimeoutError:
-                continue
+    def receive() -> None:
+        """Take the datagram waiting on the socket, if one comes within its timeout."""
+        with contextlib.suppress(TimeoutError):
+            datagram = notify.recv(4096).decode()
             datagrams.append((time.monotonic(), datagram.splitlines()))
 
-    def expect(message: str, timeout: float = 20.0) -> None:
-        """The next datagram but watchdog pings carries ``message``."""
+    def listen(seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            receive()
+
+    def next_message() -> list[str] | None:
+        """The lines of the next datagram but watchdog pings, once there is one."""
         nonlocal seen
-        deadline = time.monotonic() + timeout
-        while True:
-            while seen < len(datagrams) and datagrams[seen][1] == ["WATCHDOG=1"]:
-                seen += 1
-            if seen < len(datagrams):
-                lines = datagrams[seen][1]
-                seen += 1
-                assert message in lines, (message, lines)
-                return
-            if time.monotonic() >= deadline:
-                fail(f"no {message} on NOTIFY_SOCKET")
-            receive(min(deadline, time.monotonic() + 0.2))
+        receive()
+        while seen < len(datagrams) and datagrams[seen][1] == ["WATCHDOG=1"]:
+            seen += 1
+        if seen == len(datagrams):
+            return None
+        seen += 1
+        return datagrams[seen - 1][1]
+
+    def expect(message: str) -> None:
+        """The next datagram but watchdog pings carries ``message``."""
+        lines = wait_until(
+            f"{message} on NOTIFY_SOCKET",
+            next_message,
+            still_running=daemon.running,
+            context=lambda: f"notify: {datagrams}\n{daemon.output_tail()}",
+        )
+        assert message in lines, (message, lines)
 
     def job_runs() -> list[dict[str, Any]]:
-        lines = [json.loads(line) for line in list(output) if line.startswith("{")]
-        return [line for line in lines if line.get("event") == "job run"]
-
-    def get(path: str) -> bytes:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-            conn.sendall(f"GET {path} HTTP/1.1\r\n\r\n".encode())
-            return conn.recv(100)
+        receive()  # the watchdog pings are timed as they come
+        return daemon.events("job run")
 
     try:
         expect("READY=1")
-        assert get("/healthz").startswith(b"HTTP/1.1 200")
-        deadline = time.monotonic() + 20
-        while not job_runs() and time.monotonic() < deadline:
-            receive(time.monotonic() + 0.05)
-        if not job_runs():
-            fail("the start-up pass did not run the entry")
+        assert daemon.get("/healthz").status_code == 200
+        runs = daemon.wait_for("the start-up pass to run the entry", job_runs)
         # The token was read from $CREDENTIALS_DIRECTORY: the run got as far as the registry.
-        assert "password_file" not in str(job_runs()[0].get("error")), job_runs()[0]
+        assert "password_file" not in str(runs[0].get("error")), runs[0]
         # Its only entry failed, and it is ready all the same: a rollout never waits on a copy.
-        assert job_runs()[0]["outcome"] == "failed"
-        assert get("/readyz").startswith(b"HTTP/1.1 200"), get("/readyz")
+        assert runs[0]["outcome"] == "failed"
+        ready = daemon.get("/readyz")
+        assert ready.status_code == 200, ready.text
         # Pings every half of WATCHDOG_USEC (1 s here), from the event loop.
-        receive(time.monotonic() + 2.5)
+        listen(2.5)
         pings = [when for when, lines in datagrams if "WATCHDOG=1" in lines]
         assert len(pings) >= 2, datagrams
         assert max(b - a for a, b in itertools.pairwise(pings)) < WATCHDOG_TEST_USEC / 1e6
-        proc.send_signal(signal.SIGHUP)
+        daemon.signal(signal.SIGHUP)
         expect("RELOADING=1")
         expect("READY=1")
         started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
+        daemon.signal(signal.SIGTERM)
         expect("STOPPING=1")
-        assert proc.wait(timeout=stop_timeout) == 0
+        assert daemon.wait(timeout=stop_timeout).code == 0
         assert time.monotonic() - started < stop_timeout
     finally:
         notify.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(5)
-    assert "Traceback" not in "".join(output)
+        daemon.kill()
+    assert "Traceback" not in daemon.output
 
 
 def test_the_image_healthcheck_asks_the_daemon_listening_on_every_interface(
@@ -1470,29 +1452,18 @@ def test_the_image_healthcheck_asks_the_daemon_listening_on_every_interface(
         tmp_path / "config.toml", empty_registry, f"0.0.0.0:{port}", str(tmp_path / "token")
     )
     (tmp_path / "token").write_text("token\n")
-    env = clean_environment(tmp_path, MIRROR_CONFIG=str(config))
-    command = [sys.executable, "-m", "mirror", *argv[1:]]
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "mirror", "run"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            healthy = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
-            if healthy.returncode == 0 or time.monotonic() > deadline or daemon.poll() is not None:
-                break
-            time.sleep(0.2)
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=30) == 0
-        stopped = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
+    env = {"MIRROR_CONFIG": str(config)}
+    daemon = MirrorProcess("run", home=tmp_path, env=env)
 
-    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
-    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    def check_health() -> Run:
+        return run_mirror(*argv[1:], home=tmp_path, env=env, timeout=30)
+
+    try:
+        daemon.wait_for("the healthcheck to pass", lambda: check_health().code == 0)
+        assert daemon.stop(timeout=30) == 0
+        stopped = check_health()
+    finally:
+        daemon.kill()
+
+    assert stopped.code == 1, stopped.stdout + stopped.stderr
     assert f"127.0.0.1:{port}" in stopped.stderr

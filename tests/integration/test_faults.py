@@ -26,7 +26,7 @@ from mirror.copy import Copier
 from mirror.credentials import Credentials
 from mirror.registry import Registry
 from tests.integration import faultkit as kit
-from tests.integration.helpers import HUB_PASSWORD, HUB_USER, blob_path
+from tests.integration.helpers import HUB_ENV, HUB_PASSWORD, HUB_USER, MirrorProcess, blob_path
 from tests.support import faults
 from tests.support.images import Image, Pusher, build_index, manifest_digest
 from tests.support.proxy import RegistryProxy, Served
@@ -709,14 +709,14 @@ def test_a_target_restarted_mid_upload_fails_or_recovers_cleanly_and_the_next_ru
     source.add_rule(pause)
     config = kit.write_config(tmp_path, source)
     args = ["sync", f"{source.host}/{unique_repo}", "--to", local.host, "--json"]
-    started = kit.Started([*args, "--config", str(config)], tmp_path)
+    started = MirrorProcess(*args, "--config", str(config), home=tmp_path, env=HUB_ENV)
 
     assert pause.stalled.wait(EVENT_WAIT_S), "the large blob never started"
     # Restart while the large blob alone is uploading: distribution writes manifests and
     # links non-atomically, so killing it mid-PUT can corrupt its store whatever the client
     # does (see test_a_tag_the_target_cannot_serve_is_never_reported_copied).
     others = [b.digest for b in images["big"].blobs if b.digest != layer.digest]
-    kit.wait_until(
+    started.wait_for(
         "everything but the large blob to arrive",
         lambda: (
             manifest_digest(local.url, unique_repo, "small") == images["small"].digest
@@ -817,7 +817,7 @@ def test_sigterm_during_a_large_blob_stops_at_once_and_moves_no_tag(
     source.add_rule(pause)
     config = kit.write_config(tmp_path, source)
     args = ["sync", f"{source.host}/{unique_repo}", "--to", local.host, "--config", str(config)]
-    started = kit.Started(args, tmp_path)
+    started = MirrorProcess(*args, home=tmp_path, env=HUB_ENV)
 
     assert pause.stalled.wait(EVENT_WAIT_S), "the large blob never started"
     signalled = time.monotonic()

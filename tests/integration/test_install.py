@@ -10,7 +10,6 @@ checkout, so the checkout's ``mirror/`` can never be the one imported.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import venv
 from collections.abc import Iterator
@@ -188,11 +187,9 @@ def test_installed_mirror_runs_as_a_service_until_sigterm(
         daemon.wait_for("/healthz to answer", lambda: _answers(daemon))
         daemon.wait_for("the first run", lambda: daemon.events("job run"))
     finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.send_signal(signal.SIGTERM)
-        code = daemon.proc.wait(30)
+        code = daemon.stop(30)
 
-    assert code == 0, "".join(daemon.raw)
+    assert code == 0, daemon.output
     assert daemon.events("daemon stopped")
 
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.helpers import HUB_PASSWORD, hub_config, run_mirror
+from tests.integration.helpers import HUB_PASSWORD, hub_config, run_mirror, wait_until
 from tests.support.images import Pusher, build_image, build_index, verify_same
 from tests.support.registry import RegistryProcess, free_port
 from tests.support.tokenserver import HubRegistry
@@ -39,14 +38,19 @@ class Tinyproxy:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{self.port}/", timeout=1)
-                return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise AssertionError(f"tinyproxy did not start on 127.0.0.1:{self.port}")
+        wait_until(
+            f"tinyproxy to start on 127.0.0.1:{self.port}",
+            self._answers,
+            timeout=10,
+            still_running=lambda: self.proc.poll() is None,
+        )
+
+    def _answers(self) -> bool:
+        try:
+            httpx.get(f"{self.url}/", timeout=1)
+        except httpx.TransportError:
+            return False
+        return True
 
     @property
     def url(self) -> str:

@@ -2,7 +2,7 @@
 anything it prints (human output, ``--json``, ``sync --all`` and daemon log lines, error
 messages, ``mirror config``), however the run goes wrong.
 
-Every ``mirror`` run in the fault suites is searched the same way (``faultkit.run``); the
+Every ``mirror`` run in the fault suites is searched the same way (``Secrets.checked``); the
 tests here drive the paths most likely to carry a credential into a message: failures of
 every kind in one run, the daemon's logs, a registry that echoes the credentials it was
 sent, and the resolved config.
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration import faultkit as kit
-from tests.integration.helpers import HUB_PASSWORD, HUB_USER
+from tests.integration.helpers import HUB_ENV, HUB_PASSWORD, HUB_USER, Daemon, Run, run_mirror
 from tests.support import faults
 from tests.support.images import Image, Pusher
 from tests.support.proxy import RegistryProxy
@@ -64,12 +64,15 @@ def test_no_output_of_a_run_full_of_faults_shows_a_password_or_token(
     )
     ref = f"{source.host}/{unique_repo}"
 
+    def run(*args: str) -> Run:
+        return secrets.checked(
+            run_mirror(*args, "--config", str(config), home=tmp_path, env=HUB_ENV)
+        )
+
     runs = [  # human output and error lines; then --json with JSON log lines on stderr
-        kit.run("sync", ref, "--to", local.host, "--config", str(config), home=tmp_path,
-                secrets=secrets),
-        kit.run("sync", "--all", "--json", "--config", str(config), home=tmp_path,
-                secrets=secrets),
-    ]  # fmt: skip
+        run("sync", ref, "--to", local.host),
+        run("sync", "--all", "--json"),
+    ]
 
     assert [r.code for r in runs] == [1, 1], [r.describe() for r in runs]
     text = "".join(r.stdout + r.stderr for r in runs)
@@ -112,7 +115,7 @@ def test_a_registry_that_echoes_the_credentials_in_its_error_does_not_make_mirro
     config = kit.write_config(tmp_path, source)
     args = ["sync", f"{source.host}/{unique_repo}", "--to", local.host, "--json"]
 
-    run = kit.Started([*args, "--config", str(config)], tmp_path).wait()
+    run = run_mirror(*args, "--config", str(config), home=tmp_path, env=HUB_ENV)
 
     assert run.code == 1, run.describe()
     assert echo.echoed and echo.echoed[0].lower().startswith(scheme)
@@ -154,12 +157,9 @@ def test_the_daemons_logs_show_no_secret_and_sigterm_stops_it_within_the_grace_p
             f'[[mirrors]]\nsource = "{source.host}/{slow}"\n'
         ),
     )
-    daemon = kit.Started(["run", "--config", str(config)], tmp_path)
+    daemon = Daemon(config, tmp_path)
     try:
-        daemon.wait_for(
-            "the troubled entry's run",
-            lambda: [e for e in daemon.log_events() if e.get("event") == "job run"],
-        )
+        daemon.wait_for("the troubled entry's run", lambda: daemon.events("job run"))
         assert pause.stalled.wait(20), "the slow entry never started its large blob"
         signalled = time.monotonic()
         daemon.signal(signal.SIGTERM)
@@ -172,10 +172,9 @@ def test_the_daemons_logs_show_no_secret_and_sigterm_stops_it_within_the_grace_p
     secrets.check(stopped.stdout, stopped.stderr)
     assert stopped.code == 0, stopped.describe()
     assert took < 1.0 + 4.0  # the grace period, and a little
-    events = daemon.log_events()
-    failed = [e for e in events if e.get("event") == "tag failed"]
+    failed = daemon.events("tag failed")
     assert {e["target"].rsplit(":", 1)[1] for e in failed} == {"corrupt", "garbage"}
-    assert any(e.get("event") == "daemon stopped" for e in events)
+    assert daemon.events("daemon stopped")
     found = kit.check_target(local, troubled, before={}, upstream=images)
     assert found == {"big": images["big"].digest, "fine": images["fine"].digest}
     assert kit.check_target(local, slow, before=before, upstream=big) == before  # not moved
@@ -194,6 +193,8 @@ def test_mirror_config_masks_the_password_from_a_file_or_the_environment(
     )
 
     for config in (from_env, from_file):
-        shown = kit.run("config", "--config", str(config), home=tmp_path, secrets=secrets)
+        shown = secrets.checked(
+            run_mirror("config", "--config", str(config), home=tmp_path, env=HUB_ENV)
+        )
         assert shown.code == 0, shown.describe()
         assert hub.host in shown.stdout and "tester" in shown.stdout
