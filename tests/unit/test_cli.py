@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 import mirror.jobs
-from mirror.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main, resolve_requests
+from mirror.cli import main
+from mirror.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, resolve_requests
 from mirror.errors import ConfigError, InvalidReference
 from mirror.registry import Registry
 from tests.unit.fakes import FakeRegistry, make_image, make_index
@@ -445,9 +446,9 @@ def test_tags_entry_refuses_rule_flags_that_would_shadow_its_rules(
 def test_healthcheck_knows_whether_the_container_runs_the_daemon(
     tmp_path: Path, argv: list[str], daemon: bool
 ) -> None:
-    from mirror.cli import _main_process_is_daemon
+    from mirror.commands import main_process_is_daemon
 
     cmdline = tmp_path / "cmdline"
     cmdline.write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
 
-    assert _main_process_is_daemon(str(cmdline)) is daemon
+    assert main_process_is_daemon(str(cmdline)) is daemon

@@ -37,7 +37,17 @@ LIBRARY = [
     "transfer",
     "copy",
 ]
-APPLICATION = ["logs", "config", "jobs", "health", "daemon", "cli", "__main__"]
+APPLICATION = [
+    "logs",
+    "config",
+    "jobs",
+    "health",
+    "daemon",
+    "output",
+    "commands",
+    "cli",
+    "__main__",
+]
 ORDER = ["__init__", *LIBRARY, *APPLICATION]
 # What the library must never reach for: the application's modules and its libraries.
 NOT_IN_LIBRARY = {
