@@ -110,11 +110,11 @@ class RegistryAuth(httpx.Auth):
         for _ in range(3):
             challenge = self._challenges.get(origin)
             if challenge is not None and challenge.scheme == "bearer":
-                credentials = await self.resolve_credentials()
                 key = self._token_key(challenge, scopes)
                 async with self._locks[key]:
                     token = self._tokens.get(key)
                     if token is None or token.expires_at <= self._clock():
+                        credentials = await self.resolve_credentials()
                         token_response = yield self._token_request(challenge, key[2], credentials)
                         token = await self._read_token(token_response)
                         self._tokens[key] = token

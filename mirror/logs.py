@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-import structlog
+if TYPE_CHECKING:
+    import structlog
 
 LogFormat = Literal["auto", "json", "console"]
 # sd-daemon(3): a line that starts with "<N>" is logged by journald at syslog priority N, so
@@ -54,6 +55,8 @@ def configure_logging(
 ) -> None:
     """Send structlog's events at ``level`` and above to ``stream`` (stdout): JSON unless it is
     a terminal; each line prefixed with its syslog priority when the stream is the journal."""
+    import structlog  # here: an error line of the command line needs only journal_prefix
+
     stream = stream or sys.stdout
     use_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
     renderer: structlog.typing.Processor = (
