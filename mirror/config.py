@@ -330,6 +330,7 @@ class Config(BaseSettings):
 
     target: str = Field(default=DEFAULT_TARGET, description="where `mirror sync` copies to")
     concurrency: int = Field(default=4, ge=1, le=64, description="blob transfers at once")
+    state: str | None = Field(default=None, description="the state database (default: see docs)")
     registries: dict[str, RegistrySettings] = Field(default_factory=dict)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     defaults: EntryDefaults = Field(default_factory=EntryDefaults)

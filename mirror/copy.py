@@ -155,6 +155,7 @@ class Copier:
             )
             result.digest = plan.digest
             result.pulls = plan.pulls
+            result.previous = plan.previous
             if plan.source_digest is not None and plan.source_digest != plan.digest:
                 result.source_digest = plan.source_digest
             if plan.top is None:

@@ -100,6 +100,7 @@ class Plan:
     missing_blobs: list[Descriptor] = field(default_factory=list)
     source_digest: Digest | None = None
     pulls: int = 0  # manifest GETs upstream this tag made (what Docker Hub counts)
+    previous: Digest | None = None  # what the target tag pointed at before (None: no tag)
 
     @property
     def tag_matches(self) -> bool:
@@ -185,6 +186,19 @@ class Planner:
             immutable=immutable,
             absent=absent,
         )
+        plan = await self._plan(source_repo, target_repo, digest, target_digest, priority)
+        plan.previous = target_digest
+        return plan
+
+    async def _plan(
+        self,
+        source_repo: str,
+        target_repo: str,
+        digest: Digest,
+        target_digest: Digest | None,
+        priority: Priority | None,
+    ) -> Plan:
+        """Steps 2-3, once step 1 gave the source's ``digest`` and the target's."""
         if target_digest == digest:
             return Plan(digest)
         if priority is not None and self.source.budget.available is not None:

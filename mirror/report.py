@@ -36,6 +36,7 @@ class TagResult:
     bytes_missing: int = 0
     manifests_missing: int = 0
     pulls: int = 0  # upstream manifest GETs this tag cost (or, in a dry run, will cost)
+    previous: str | None = None  # the target tag's digest before this run (None: no such tag)
     error: str | None = None  # why it failed, or why it was deferred
 
 

@@ -40,6 +40,7 @@ LIBRARY = [
 APPLICATION = [
     "logs",
     "config",
+    "state",  # the record of runs and tags; never imported by the library
     "jobs",
     "health",
     "daemon",
