@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -30,6 +31,7 @@ from mirror.selection import (
     newest_first,
     select,
 )
+from mirror.state import State, default_path
 
 REPOSITORIES_IN_FLIGHT = 4  # a namespace entry syncs this many repositories at once
 EVERY_TAG = TagRules()
@@ -59,6 +61,17 @@ class Clients:
         self._options = registry_options
         self._clients: dict[str, Registry] = {}
         self.flattened: dict[Any, Any] = {}  # index digest -> the image a flatten took
+        self._state: State | None = None
+
+    @property
+    def state(self) -> State:
+        """The state database the config names (or the default one), opened at first use, so
+        commands that record nothing never create it. Problems are one warning line each."""
+        if self._state is None:
+            setting = self.config.state
+            path = Path(setting).expanduser() if setting else default_path()
+            self._state = State(path, warn=_warn_state)
+        return self._state
 
     def get(self, name: str) -> Registry:
         client = self._clients.get(name)
@@ -94,6 +107,14 @@ class Clients:
     async def aclose(self) -> None:
         await asyncio.gather(*(c.aclose() for c in self._clients.values()))
         self._clients.clear()
+        if self._state is not None:
+            self._state.close()
+
+
+def _warn_state(line: str) -> None:
+    import structlog
+
+    structlog.get_logger("mirror").warning("state unavailable", problem=line)
 
 
 @dataclass(frozen=True, slots=True)
