@@ -366,7 +366,7 @@ def _why(rules: TagRules, name: TagName) -> str:
 
 
 def _variant_of(name: TagName) -> str:
-    return "without a variant" if name.variant is None else f"variant {name.variant}"
+    return f"variant {name.variant or NO_VARIANT}"  # as tags.variants would select it
 
 
 def _version(name: TagName) -> Version:
