@@ -639,3 +639,23 @@ def test_variant_selection_is_a_subset_with_one_decision_per_tag(
         selection = select(tags, rules)
         assert set(selection.tags) <= set(tags)
         assert sorted(d.tag for d in selection.decisions) == sorted(set(tags))
+
+
+def test_a_variant_nothing_extends_is_pinned() -> None:
+    # An image that only ever says -alpine makes the same promise with it as without.
+    pinned = select(["2.1.3", "2.1.3-alpine", "2.1-alpine"], TagRules()).pinned_variants
+    assert pinned == {"alpine"} and is_full_version("2.1.3-alpine", pinned=pinned)
+
+
+def test_a_word_before_a_known_variant_belongs_to_that_variant() -> None:
+    # nginx: mainline-alpine is no version, but it is of the alpine variant.
+    tags = ["1.27.1-alpine", "1.27-alpine", "mainline-alpine", "alpine", "mainline", "stable"]
+    read = {d.tag: (d.variant, d.kind) for d in select(tags, TagRules()).decisions}
+    assert read["mainline-alpine"] == ("alpine", "other")
+    assert read["mainline"] == read["stable"] == (None, "other")
+    assert set(select(tags, TagRules(variants=("alpine",))).tags) == {
+        "1.27.1-alpine",
+        "1.27-alpine",
+        "mainline-alpine",
+        "alpine",
+    }
