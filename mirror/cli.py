@@ -237,6 +237,15 @@ def _add_rule_arguments(parser: argparse.ArgumentParser) -> None:
     rules.add_argument(
         "--prereleases", action="store_true", help="let pre-releases (1.2.3-rc.1) through"
     )
+    rules.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only tags of this variant (alpine: 1.22-alpine, alpine; a glob such as 'alpine*'; "
+        "'<none>': tags without one), within which --versions, --newest and --aliases apply; "
+        "repeatable. Without it, --versions and --newest see only tags without a variant",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

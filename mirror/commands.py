@@ -38,6 +38,7 @@ def rules_from(args: argparse.Namespace) -> TagRules:
         prereleases=args.prereleases,
         newest=args.newest,
         aliases=args.aliases,
+        variants=tuple(args.variant),
     )
 
 
@@ -172,7 +173,14 @@ async def tags_command(args: argparse.Namespace) -> int:
                     "repository": repository.name,
                     "selected": selection.tags,
                     "tags": [
-                        {"tag": d.tag, "selected": d.selected, "reason": d.reason}
+                        {
+                            "tag": d.tag,
+                            "selected": d.selected,
+                            "reason": d.reason,
+                            "version": d.version,
+                            "variant": d.variant,
+                            "kind": d.kind,
+                        }
                         for d in selection.decisions
                     ],
                 }
@@ -182,10 +190,16 @@ async def tags_command(args: argparse.Namespace) -> int:
         for tag in selection.tags:
             print(tag)
     else:
-        width = max((len(d.tag) for d in selection.decisions), default=0)
-        for decision in selection.decisions:
-            mark = "+" if decision.selected else "-"
-            print(f"{mark} {decision.tag:<{width}}  {decision.reason}")
+        rows = [
+            ("+" if d.selected else "-", d.tag, d.version or "-", d.variant or "-", d.kind)
+            for d in selection.decisions
+        ]
+        reasons = [d.reason for d in selection.decisions]
+        header = (" ", "TAG", "VERSION", "VARIANT", "KIND")
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(1, 5)]
+        for (mark, *columns), reason in zip([header, *rows], ["REASON", *reasons], strict=True):
+            cells = "  ".join(f"{c:<{w}}" for c, w in zip(columns, widths, strict=True))
+            print(f"{mark} {cells}  {reason}")
         print(f"{len(selection.tags)} of {len(selection.decisions)} tags selected")
     return EXIT_OK
 

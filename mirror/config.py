@@ -152,6 +152,9 @@ class TagSettings(BaseModel):
     newest: int | None = Field(default=None, ge=1)
     aliases: bool = False
     immutable: str = Field(default=DEFAULT_IMMUTABLE, description="tags never re-checked")
+    variants: Annotated[list[str], BeforeValidator(_patterns)] = Field(
+        default_factory=list, description="variants to mirror (alpine, alpine*, <none>)"
+    )
 
     @model_validator(mode="after")
     def _valid_rules(self) -> TagSettings:
@@ -172,6 +175,7 @@ class TagSettings(BaseModel):
             prereleases=self.prereleases,
             newest=self.newest,
             aliases=self.aliases,
+            variants=tuple(self.variants),
         )
 
 

@@ -140,7 +140,8 @@ async def sync(
     for a single tag's failure (a failure to list tags is one failed result).
 
     A repository's tags are filtered by ``rules``. Tags matching ``immutable`` (full
-    versions) that the target already has are not checked upstream; None checks every tag.
+    versions, and their pinned variants: see ``is_full_version``) that the target already has
+    are not checked upstream; None checks every tag.
     """
     source, target = request.source, request.target
     if source.digest is not None:
@@ -149,6 +150,7 @@ async def sync(
         )
         return [result]
     on_target: set[str] | None = None  # the target's tags, when its tags list was read
+    pinned: frozenset[str] = frozenset()  # variants trusted like plain versions (alpine3.20)
     if source.tag is not None:
         tags = [source.tag]
     else:
@@ -157,7 +159,8 @@ async def sync(
                 copier.source.list_tags(source.repository),
                 _target_tags(copier, target.repository),
             )
-            tags = newest_first(select(listed, rules).tags)
+            selection = select(listed, rules)
+            tags, pinned = newest_first(selection.tags), selection.pinned_variants
             if on_target is not None and not on_target:
                 copier.tagless(target.repository)
         except MirrorError as exc:
@@ -169,7 +172,7 @@ async def sync(
     gate = PriorityGate()  # a tight pull budget goes to the newest versions first
 
     async def one(turn: int, tag: str) -> TagResult:
-        fixed = immutable is not None and is_full_version(tag, immutable)
+        fixed = immutable is not None and is_full_version(tag, immutable, pinned)
         async with copier.tag_slots:  # one bound for every repository of the run
             return await copier.copy(
                 source.repository,

@@ -1,37 +1,57 @@
-"""Which tags to mirror: regular-expression allow/deny, version ranges, newest N, aliases.
+"""Which tags to mirror: regular-expression allow/deny, variants, version ranges, newest N,
+aliases.
 
 Owns the rules and the decision, with a reason for every tag (``mirror tags`` shows them).
-Versions are read with ``packaging`` (``2.1.106``, ``v2.1``; ``1.2.3-rc.1`` is a pre-release).
-Ranges are PEP 440 specifiers (``">=2.1, <4"``, ``"==2.*"``, ``"~=2.1.0"``) or the npm/Cargo
-spellings, translated to PEP 440 (``parse_range``): ``^1.2``, ``~1.2.3``, ``1.2.x``, ``*``,
-``=1.2.3``, space-separated terms (``">=1.2 <2"``) and ``||`` between alternatives.
-Pure: no I/O, no registry.
+How a tag reads (version, variant, full or alias) is ``mirror.tagnames``'; ranges are PEP 440
+specifiers (``">=2.1, <4"``, ``"==2.*"``, ``"~=2.1.0"``) or the npm/Cargo spellings,
+translated to PEP 440 (``parse_range``): ``^1.2``, ``~1.2.3``, ``1.2.x``, ``*``, ``=1.2.3``,
+space-separated terms (``">=1.2 <2"``) and ``||`` between alternatives. Pure: no I/O, no
+registry.
 
 The seed's tagging scheme: full versions ``X.Y.Z`` never move; aliases ``X``, ``X.Y`` and
 ``latest`` move to the newest version below them. Following ``2.1`` means patch updates;
-following ``2`` means minor updates too.
+following ``2`` means minor updates too. Docker Hub's official images repeat that scheme once
+per variant: ``1.22-alpine`` follows ``1.22.5-alpine``, and a bare ``alpine`` is the alpine
+variant's ``latest``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
 from packaging.specifiers import SpecifierSet
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from mirror.errors import ConfigError
+from mirror.tagnames import (
+    ALIAS,
+    FULL,
+    PRERELEASE,
+    Kind,
+    TagName,
+    pinned_variants,
+    read_tags,
+    split_tag,
+)
+from mirror.tagnames import parse_version as parse_version  # re-exported: callers use it here
 
 # Full versions (X.Y.Z, optional leading v) name one build forever: once on the target they
 # need no upstream check. Moving aliases (latest, 2, 2.1) are checked every run.
 DEFAULT_IMMUTABLE = r"v?\d+\.\d+\.\d+"
-LATEST = "latest"
+# In tags.variants, the tags without a variant (1.22.5, 1.22, latest). Not a glob: "<" and ">"
+# cannot appear in a tag, so no variant is ever called that.
+NO_VARIANT = "<none>"
 
 # A range term: an operator (or none) and a version, blanks allowed between (">= 2.1", "2.x").
 _TERM = re.compile(r"(?P<op>[<>=!~^]*)\s*(?P<version>[^\s,<>=!~^]*)")
 _PEP440_OPERATORS = frozenset({"===", "==", "~=", "!=", "<=", ">=", "<", ">"})
 _WILDCARDS = frozenset({"x", "X", "*"})  # npm writes 1.2.x, 1.2.X and 1.2.* alike
+# A variant glob: what a tag may hold (letters, digits, _ . -) plus * ? and [...] classes.
+_VARIANT_GLOB = re.compile(r"(?:[A-Za-z0-9_.*?-]|\[!?[A-Za-z0-9_.-]+\])+")
+_MOVING = "a moving alias, not a full version"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +59,15 @@ class TagRules:
     """The tag rules of a mirror entry (or of ``mirror sync``/``mirror tags`` flags).
 
     ``allow``/``deny``: regular expressions matched against the whole tag; deny wins.
+    ``variants``: shell-style globs on a tag's variant (``alpine`` for ``1.22-alpine`` and
+    ``alpine``; ``alpine*``; ``NO_VARIANT`` for tags without one): only those variants' tags.
+    Without it, a range or ``newest`` considers only the tags without a variant.
     ``versions``: a range such as ``">=2.1, <4"`` or ``"^2.1 || ^3"`` (see ``parse_range``);
     tags that are not versions are left out.
     ``prereleases``: let ``1.2.3-rc.1`` and the like through a range or ``newest``.
-    ``newest``: keep only the N highest full versions.
-    ``aliases``: also keep the moving aliases (``2``, ``2.1``, ``latest``) whose newest
-    version is selected, so a consumer following ``2.1`` finds it in the mirror.
+    ``newest``: keep only the N highest full versions of each variant.
+    ``aliases``: also keep the moving aliases (``2``, ``2.1``, ``latest``; ``1.22-alpine``,
+    ``alpine``) whose newest version is selected, so a consumer following ``2.1`` finds it.
     """
 
     allow: tuple[str, ...] = ()
@@ -53,6 +76,7 @@ class TagRules:
     prereleases: bool = False
     newest: int | None = None
     aliases: bool = False
+    variants: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for kind, patterns in (("allow", self.allow), ("deny", self.deny)):
@@ -63,6 +87,13 @@ class TagRules:
                     raise ConfigError(
                         f"tags.{kind}: bad regular expression {pattern!r}: {exc}"
                     ) from None
+        for pattern in self.variants:
+            if pattern != NO_VARIANT and not _VARIANT_GLOB.fullmatch(pattern):
+                raise ConfigError(
+                    f"tags.variants: bad variant {pattern!r}: name one as it ends a tag "
+                    '("alpine" for 1.22-alpine), or a shell-style glob ("alpine*"), or '
+                    f'"{NO_VARIANT}" for the tags without a variant'
+                )
         if self.versions is not None:
             parse_range(self.versions)
         if self.newest is not None and self.newest < 1:
@@ -75,18 +106,26 @@ class TagRules:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """One tag's fate and why."""
+    """One tag's fate and why, with how the tag reads (see ``mirror.tagnames.TagName``)."""
 
     tag: str
     selected: bool
     reason: str
+    version: str | None = None  # as written: 1.22.5 for 1.22.5-alpine
+    variant: str | None = None
+    kind: Kind = "other"
 
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """The outcome of applying rules to a repository's tags, in a stable order."""
+    """The outcome of applying rules to a repository's tags, in a stable order.
+
+    ``pinned_variants``: the variants whose full versions may be trusted like plain ones (see
+    ``is_full_version``).
+    """
 
     decisions: tuple[Decision, ...] = field(default_factory=tuple)
+    pinned_variants: frozenset[str] = frozenset()
 
     @property
     def tags(self) -> list[str]:
@@ -94,15 +133,6 @@ class Selection:
 
     def reason(self, tag: str) -> str:
         return next(d.reason for d in self.decisions if d.tag == tag)
-
-
-def parse_version(tag: str) -> Version | None:
-    """The version a tag names (``2.1.106``, ``v2.1``), or None (``latest``, ``1.22-alpine``)."""
-    try:
-        version = Version(tag)
-    except InvalidVersion:
-        return None
-    return None if version.local else version  # 1.0+build is a build label, not an order
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,75 +220,115 @@ def _strip_wildcards(version: str) -> tuple[str, bool]:
     return ".".join(kept), len(kept) < len(parts)
 
 
-def is_full_version(tag: str, immutable: str = DEFAULT_IMMUTABLE) -> bool:
-    """Whether ``tag`` names one build forever (default: ``X.Y.Z`` with an optional ``v``)."""
-    return re.fullmatch(immutable, tag) is not None
+def is_full_version(
+    tag: str, immutable: str = DEFAULT_IMMUTABLE, pinned: frozenset[str] = frozenset()
+) -> bool:
+    """Whether ``tag`` names one build forever: it matches ``immutable`` (default: ``X.Y.Z``
+    with an optional ``v``), or it is ``VERSION-VARIANT`` whose version does and whose variant
+    is in ``pinned`` (``Selection.pinned_variants``).
+
+    So ``1.22.5-alpine3.20`` and ``1.22.5-bookworm`` are trusted as ``1.22.5`` is: each pins
+    both Go and the distribution release. ``1.22.5-alpine`` is not while ``alpine3.20`` exists
+    beside it: it moves to the next Alpine release when Go 1.22.5 is rebuilt on one. Kept on
+    the safe side, where a wrong guess costs one HEAD (no pull) and never leaves a stale copy:
+    ``16.4`` (postgres's full version, but rebuilt in place) and ``16.4-alpine3.20`` do not
+    match ``X.Y.Z``; a bare ``alpine3.20`` names no version; and without the tags list
+    (``pinned`` empty, a single-tag sync) no variant tag is trusted.
+    """
+    if re.fullmatch(immutable, tag) is not None:
+        return True
+    text, _, variant = split_tag(tag)
+    return (
+        variant is not None
+        and variant in pinned
+        and text is not None
+        and re.fullmatch(immutable, text) is not None
+    )
 
 
 def select(tags: Iterable[str], rules: TagRules) -> Selection:
-    """Apply ``rules`` to ``tags``; every tag gets a decision and a reason."""
-    tags = sorted(set(tags), key=_display_order)
-    versions = {t: v for t in tags if (v := parse_version(t)) is not None}
-    full = _full_versions(versions)
+    """Apply ``rules`` to ``tags``; every tag gets a decision and a reason.
+
+    Variants first: with ``rules.variants`` only those variants' tags are in play; without
+    them a range or ``newest`` considers the plain line only (tags without a variant). Then,
+    within each variant on its own: the range, the newest N, and the aliases.
+    """
+    names = read_tags(tags)
+    order = sorted(names.values(), key=_display_order)
     version_range = parse_range(rules.versions) if rules.versions is not None else None
+    by_version = version_range is not None or rules.newest is not None
     decisions: dict[str, Decision] = {}
 
-    def decide(tag: str, selected: bool, reason: str) -> None:
-        decisions[tag] = Decision(tag, selected, reason)
+    def decide(name: TagName, selected: bool, reason: str) -> None:
+        decisions[name.tag] = Decision(
+            name.tag, selected, reason, name.version_text, name.variant, name.kind
+        )
 
-    candidates: list[str] = []
-    for tag in tags:
+    candidates: list[TagName] = []
+    for name in order:
+        tag, version = name.tag, name.version
         denied = next((p for p in rules.deny if re.fullmatch(p, tag)), None)
         if denied is not None:
-            decide(tag, False, f"denied by {denied!r}")
+            decide(name, False, f"denied by {denied!r}")
             continue
         if rules.allow and not any(re.fullmatch(p, tag) for p in rules.allow):
-            decide(tag, False, "matches no allow pattern")
+            decide(name, False, "matches no allow pattern")
             continue
-        version = versions.get(tag)
-        if version_range is not None or rules.newest is not None:
+        if rules.variants and not _variant_matches(name.variant, rules.variants):
+            decide(name, False, f"{_variant_of(name)} not selected")
+            continue
+        if not rules.variants and by_version and name.variant is not None:
+            decide(name, False, f"{_variant_of(name)} not selected")
+            continue
+        if by_version:
             if version is None:
-                decide(tag, False, "not a version")
+                decide(name, False, _MOVING if name.kind == ALIAS else "not a version")
                 continue
-            if version.is_prerelease and not rules.prereleases:
-                decide(tag, False, "pre-release")
+            if name.kind == PRERELEASE and not rules.prereleases:
+                decide(name, False, "pre-release")
                 continue
-            if tag not in full:
-                decide(tag, False, "a moving alias, not a full version")
+            if name.kind == ALIAS:
+                decide(name, False, _MOVING)
                 continue
             if version_range is not None and not version_range.contains(version, prereleases=True):
-                decide(tag, False, f"outside {rules.versions}")
+                decide(name, False, f"outside {rules.versions}")
                 continue
-        candidates.append(tag)
+        candidates.append(name)
 
     if rules.newest is not None:
-        ranked = sorted(candidates, key=lambda t: versions[t], reverse=True)
-        keep = set(ranked[: rules.newest])
-        for rank, tag in enumerate(ranked, 1):
-            if tag in keep:
-                decide(tag, True, f"newest {rules.newest}: #{rank}")
-            else:
-                decide(tag, False, f"not among the newest {rules.newest} (#{rank})")
+        lines: dict[str | None, list[TagName]] = {}
+        for name in candidates:
+            lines.setdefault(name.variant, []).append(name)
+        for variant, line in lines.items():
+            ranked = sorted(line, key=_version, reverse=True)
+            of = "" if variant is None else f" of {variant}"
+            for rank, name in enumerate(ranked, 1):
+                if rank <= rules.newest:
+                    decide(name, True, f"newest {rules.newest}{of}: #{rank}")
+                else:
+                    decide(name, False, f"not among the newest {rules.newest}{of} (#{rank})")
     else:
-        for tag in candidates:
-            decide(tag, True, _why(rules, tag))
+        for name in candidates:
+            decide(name, True, _why(rules, name))
 
     if rules.aliases:
-        chosen = {t for t, d in decisions.items() if d.selected and t in full}
-        for alias, target in _alias_targets(tags, versions, full, rules.prereleases).items():
+        chosen = {t for t, d in decisions.items() if d.selected and names[t].kind == FULL}
+        for alias, target in _alias_targets(names).items():
             if target in chosen and not decisions[alias].selected:
                 denied_alias = any(re.fullmatch(p, alias) for p in rules.deny)
                 if not denied_alias:
-                    decide(alias, True, f"alias of {target}")
-    return Selection(tuple(decisions[t] for t in tags))
+                    decide(names[alias], True, f"alias of {target}")
+    pinned = pinned_variants(n.variant for n in names.values() if n.variant is not None)
+    return Selection(tuple(decisions[n.tag] for n in order), pinned)
 
 
 def newest_first(tags: Iterable[str]) -> list[str]:
-    """Versions from the highest down, then other tags: the order to spend a tight pull budget
-    in, so the newest builds arrive first when not everything fits."""
+    """Versions from the highest down (``1.22.5-alpine`` as ``1.22.5``), then other tags: the
+    order to spend a tight pull budget in, so the newest builds arrive first when not
+    everything fits."""
 
     def key(tag: str) -> tuple[int, object, str]:
-        version = parse_version(tag)
+        version = split_tag(tag)[1]
         return (1, (), tag) if version is None else (0, _Descending(version), tag)
 
     return sorted(tags, key=key)
@@ -279,46 +349,59 @@ class _Descending:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _why(rules: TagRules, tag: str) -> str:
+def _variant_matches(variant: str | None, patterns: tuple[str, ...]) -> bool:
+    if variant is None:
+        return NO_VARIANT in patterns
+    return any(p != NO_VARIANT and fnmatchcase(variant, p) for p in patterns)
+
+
+def _why(rules: TagRules, name: TagName) -> str:
     if rules.versions is not None:
         return f"in {rules.versions}"
     if rules.allow:
         return "allowed"
+    if rules.variants:
+        return _variant_of(name)
     return "all tags"
 
 
-def _full_versions(versions: dict[str, Version]) -> set[str]:
-    """Versions that are not an alias of another tag: ``2.1`` is an alias when ``2.1.x`` exists."""
-    prefixes = {v.release[:k] for v in versions.values() for k in range(1, len(v.release))}
-    return {t for t, v in versions.items() if v.release not in prefixes}
+def _variant_of(name: TagName) -> str:
+    return f"variant {name.variant or NO_VARIANT}"  # as tags.variants would select it
 
 
-def _alias_targets(
-    tags: Sequence[str], versions: dict[str, Version], full: set[str], prereleases: bool
-) -> dict[str, str]:
-    """Each moving alias and the full version it stands for now: ``2.1`` -> newest ``2.1.x``;
-    ``latest`` -> the newest version of all."""
-    stable = {
-        t: v for t, v in versions.items() if t in full and (prereleases or not v.is_prerelease)
-    }
+def _version(name: TagName) -> Version:
+    assert name.version is not None  # only versions are ranked
+    return name.version
+
+
+def _alias_targets(names: dict[str, TagName]) -> dict[str, str]:
+    """Each moving alias and the full version it stands for now, within its variant:
+    ``2.1`` -> the newest ``2.1.x``; ``latest`` -> the newest plain version; ``1.22-alpine``
+    -> the newest ``1.22.x-alpine``; ``alpine`` -> the newest alpine version."""
+    newest: dict[tuple[str | None, tuple[int, ...]], TagName] = {}
+    for name in names.values():
+        if name.kind != FULL:
+            continue
+        release = _version(name).release
+        for k in range(len(release) + 1):  # every prefix, () for latest and bare variants
+            key = (name.variant, release[:k])
+            best = newest.get(key)
+            if best is None or _version(name) > _version(best):
+                newest[key] = name
     targets: dict[str, str] = {}
-    for tag in tags:
-        if tag in full:
+    for name in names.values():
+        if name.kind != ALIAS:
             continue
-        if tag == LATEST:
-            pool = list(stable)
-        elif tag in versions:
-            prefix = versions[tag].release
-            pool = [t for t, v in stable.items() if v.release[: len(prefix)] == prefix]
-        else:
-            continue
-        if pool:
-            targets[tag] = max(pool, key=lambda t: stable[t])
+        prefix = name.version.release if name.version is not None else ()
+        target = newest.get((name.variant, prefix))
+        if target is not None:
+            targets[name.tag] = target.tag
     return targets
 
 
-def _display_order(tag: str) -> tuple[int, object, str]:
-    version = parse_version(tag)
-    if version is None:
-        return (1, (), tag)
-    return (0, version, tag)
+def _display_order(name: TagName) -> tuple[bool, str, int, object, str]:
+    """The plain line first, then each variant; versions ascending, then the other tags."""
+    variant = (name.variant is not None, name.variant or "")
+    if name.version is None:
+        return (*variant, 1, (), name.tag)
+    return (*variant, 0, name.version, name.tag)

@@ -118,4 +118,7 @@ def test_mirror_tags_explains_each_decision_and_pulls_nothing(
     assert hub.count_requests(path_pattern="/manifests/", since=since) == 0
 
     human = run_mirror("tags", f"{hub.host}/{seed_repo}", "--newest", "1", home=tmp_path)
-    assert re.search(r"^\+ 3\.0\.42\s+newest 1: #1$", human.stdout, re.M), human.stdout
+    # tag, version, variant (none), kind, reason
+    assert re.search(r"^\+ 3\.0\.42\s+3\.0\.42\s+-\s+full\s+newest 1: #1$", human.stdout, re.M), (
+        human.stdout
+    )

@@ -410,6 +410,32 @@ def test_tags_entry_previews_the_entry_rules(
     assert out.split() == ["1.0.0", "1.1.0"]
 
 
+def test_tags_shows_version_variant_kind_and_reason_per_tag(
+    tmp_path: Path, fakes: dict[str, FakeRegistry], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for tag in ("1.22.5", "1.22", "1.22.5-alpine", "1.22-alpine", "alpine", "1.23rc2-alpine"):
+        fakes["source.test"].seed("library/golang", tag, make_image(len(tag)))
+    config = write_config(tmp_path, 'target = "target.test"\n')
+
+    rules = ["--variant", "alp*", "--newest", "1", "--aliases"]
+
+    code = main(["tags", "source.test/library/golang", *rules, "--config", str(config)])
+
+    out, err = capsys.readouterr()
+    assert code == EXIT_OK, err
+    rows = [line.split(None, 5) for line in out.splitlines()[:-1]]
+    assert rows == [
+        ["TAG", "VERSION", "VARIANT", "KIND", "REASON"],
+        ["-", "1.22", "1.22", "-", "alias", "variant <none> not selected"],
+        ["-", "1.22.5", "1.22.5", "-", "full", "variant <none> not selected"],
+        ["+", "1.22-alpine", "1.22", "alpine", "alias", "alias of 1.22.5-alpine"],
+        ["+", "1.22.5-alpine", "1.22.5", "alpine", "full", "newest 1 of alpine: #1"],
+        ["-", "1.23rc2-alpine", "1.23rc2", "alpine", "pre-release", "pre-release"],
+        ["+", "alpine", "-", "alpine", "alias", "alias of 1.22.5-alpine"],
+    ]
+    assert out.splitlines()[-1] == "3 of 6 tags selected"
+
+
 def test_tags_entry_that_is_not_configured_names_the_entries(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

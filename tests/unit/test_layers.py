@@ -25,6 +25,7 @@ LIBRARY = [
     "manifest",
     "credentials",
     "retry",
+    "tagnames",  # how a tag reads: version, variant, full or alias
     "selection",
     "report",
     "quota",

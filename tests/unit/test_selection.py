@@ -8,7 +8,15 @@ from hypothesis import strategies as st
 from packaging.specifiers import SpecifierSet
 
 from mirror.errors import ConfigError
-from mirror.selection import TagRules, is_full_version, parse_range, parse_version, select
+from mirror.selection import (
+    NO_VARIANT,
+    TagRules,
+    is_full_version,
+    newest_first,
+    parse_range,
+    parse_version,
+    select,
+)
 
 SEED_TAGS = [
     "2.1.106",
@@ -313,3 +321,341 @@ def test_any_text_is_a_range_or_a_config_error(text: str) -> None:
     except ConfigError:
         return
     assert version_range.alternatives
+
+
+# Docker Hub's official images, as they tag: each version again per variant, a bare variant
+# as that variant's latest, pre-releases with and without a variant, and Windows variants.
+GOLANG_TAGS = [
+    "1.23rc2",
+    "1.23rc2-alpine",
+    "1.23rc2-bookworm",
+    "1.22.5",
+    "1.22.5-alpine3.20",
+    "1.22.5-alpine3.19",
+    "1.22.5-alpine",
+    "1.22.5-bookworm",
+    "1.22.5-windowsservercore-ltsc2022",
+    "1.22.5-windowsservercore",
+    "1.22.4",
+    "1.22.4-alpine3.20",
+    "1.22.4-alpine",
+    "1.22.4-bookworm",
+    "1.22",
+    "1.22-alpine3.20",
+    "1.22-alpine",
+    "1.22-bookworm",
+    "1.22-windowsservercore-ltsc2022",
+    "1.21.12",
+    "1.21.12-alpine3.20",
+    "1.21.12-alpine",
+    "1.21.12-bookworm",
+    "1.21",
+    "1.21-alpine",
+    "1.21-bookworm",
+    "1",
+    "1-alpine",
+    "1-bookworm",
+    "latest",
+    "alpine",
+    "alpine3.20",
+    "alpine3.19",
+    "bookworm",
+    "windowsservercore-ltsc2022",
+    "windowsservercore",
+    "sha256-" + "a" * 64 + ".sig",  # cosign's: carried with their subjects, never versions
+    "sha256-" + "b" * 64,
+]
+# postgres: the full version has two parts (16.4; there is no 16.4.x) and 16 is its alias.
+POSTGRES_TAGS = [
+    "15.8",
+    "15",
+    "15.8-alpine",
+    "15-alpine",
+    "16.3",
+    "16.4",
+    "16",
+    "16.4-alpine",
+    "16.3-alpine",
+    "16-alpine",
+    "16.4-bookworm",
+    "16-bookworm",
+    "17rc1",
+    "17rc1-alpine",
+    "17.0",
+    "17",
+    "17.0-alpine",
+    "17-alpine",
+    "17.0-bookworm",
+    "17-bookworm",
+    "latest",
+    "alpine",
+    "bookworm",
+]
+
+
+def golang(**rules: object) -> set[str]:
+    return selected(TagRules(**rules), GOLANG_TAGS)  # type: ignore[arg-type]
+
+
+def postgres(**rules: object) -> set[str]:
+    return selected(TagRules(**rules), POSTGRES_TAGS)  # type: ignore[arg-type]
+
+
+def test_each_tag_reads_as_version_variant_and_kind() -> None:
+    decisions = {d.tag: d for d in select(GOLANG_TAGS, TagRules()).decisions}
+    read = {t: (d.version, d.variant, d.kind) for t, d in decisions.items()}
+    assert read["1.22.5-alpine3.20"] == ("1.22.5", "alpine3.20", "full")
+    assert read["1.22.5-alpine"] == ("1.22.5", "alpine", "full")
+    assert read["1.22-alpine"] == ("1.22", "alpine", "alias")
+    assert read["1-alpine"] == ("1", "alpine", "alias")
+    assert read["alpine"] == (None, "alpine", "alias")  # the variant's latest
+    assert read["alpine3.20"] == (None, "alpine3.20", "alias")
+    assert read["1.22.5"] == ("1.22.5", None, "full")
+    assert read["1.22"] == ("1.22", None, "alias")
+    assert read["latest"] == (None, None, "alias")
+    assert read["1.23rc2"] == ("1.23rc2", None, "pre-release")
+    assert read["1.23rc2-alpine"] == ("1.23rc2", "alpine", "pre-release")
+    assert read["1.22.5-windowsservercore-ltsc2022"] == (
+        "1.22.5",
+        "windowsservercore-ltsc2022",
+        "full",
+    )
+    assert read["sha256-" + "a" * 64 + ".sig"] == (None, None, "other")
+    assert read["sha256-" + "b" * 64] == (None, None, "other")
+
+
+def test_semver_and_pep440_prerelease_suffixes_stay_prereleases() -> None:
+    tags = ["1.2.3", "1.2.4-rc.1", "1.2.4-beta", "2.0-alpha", "1.3.0-rc.1-alpine", "1.2.3-alpine"]
+    read = {d.tag: (d.version, d.variant, d.kind) for d in select(tags, TagRules()).decisions}
+    assert read["1.2.4-rc.1"] == ("1.2.4-rc.1", None, "pre-release")
+    assert read["1.2.4-beta"] == ("1.2.4-beta", None, "pre-release")
+    assert read["2.0-alpha"] == ("2.0-alpha", None, "pre-release")
+    assert read["1.3.0-rc.1-alpine"] == ("1.3.0-rc.1", "alpine", "pre-release")
+
+
+def test_a_version_is_full_when_no_tag_of_its_variant_extends_it() -> None:
+    kinds = {d.tag: d.kind for d in select(POSTGRES_TAGS, TagRules()).decisions}
+    assert {t for t, k in kinds.items() if k == "full"} == {
+        "15.8",
+        "15.8-alpine",
+        "16.3",
+        "16.4",
+        "16.3-alpine",
+        "16.4-alpine",
+        "16.4-bookworm",
+        "17.0",
+        "17.0-alpine",
+        "17.0-bookworm",
+    }
+    assert kinds["16"] == kinds["16-alpine"] == kinds["bookworm"] == "alias"
+    assert kinds["17rc1-alpine"] == "pre-release"
+
+
+def test_without_variants_version_rules_see_only_the_plain_line() -> None:
+    assert golang(versions=">=1.21") == {"1.21.12", "1.22.4", "1.22.5"}
+    assert golang(versions=">=1.22", aliases=True) == {"1.22.4", "1.22.5", "1.22", "1", "latest"}
+    reasons = {d.tag: d.reason for d in select(GOLANG_TAGS, TagRules(versions=">=1")).decisions}
+    assert reasons["1.22.5-alpine"] == "variant alpine not selected"
+    assert reasons["alpine"] == "variant alpine not selected"
+    assert reasons["sha256-" + "a" * 64 + ".sig"] == "not a version"
+
+
+def test_no_rules_and_regexes_alone_still_see_every_tag() -> None:
+    assert golang() == set(GOLANG_TAGS)
+    assert golang(allow=(r".*-alpine",)) == {t for t in GOLANG_TAGS if t.endswith("-alpine")}
+
+
+def test_one_variant_with_its_aliases() -> None:
+    assert golang(variants=("alpine",), versions=">=1.22", aliases=True) == {
+        "1.22.4-alpine",
+        "1.22.5-alpine",
+        "1.22-alpine",  # -> 1.22.5-alpine
+        "1-alpine",  # -> 1.22.5-alpine
+        "alpine",  # the variant's latest -> 1.22.5-alpine
+    }
+
+
+def test_a_variant_alone_selects_every_tag_of_it() -> None:
+    assert golang(variants=("bookworm",)) == {
+        "1.23rc2-bookworm",
+        "1.22.5-bookworm",
+        "1.22.4-bookworm",
+        "1.22-bookworm",
+        "1.21.12-bookworm",
+        "1.21-bookworm",
+        "1-bookworm",
+        "bookworm",
+    }
+
+
+def test_several_variants_and_globs() -> None:
+    assert golang(variants=("alpine3.*",), versions="==1.22.*") == {
+        "1.22.5-alpine3.20",
+        "1.22.5-alpine3.19",
+        "1.22.4-alpine3.20",
+    }
+    assert golang(variants=("alpine*", "bookworm"), newest=1) == {
+        "1.22.5-alpine",
+        "1.22.5-alpine3.20",
+        "1.22.5-alpine3.19",
+        "1.22.5-bookworm",
+    }
+    assert golang(variants=("windowsservercore-*",), versions=">=1.22", aliases=True) == {
+        "1.22.5-windowsservercore-ltsc2022",
+        "1.22-windowsservercore-ltsc2022",
+        "windowsservercore-ltsc2022",
+    }
+    # A glob matches the whole variant: alpine is not alpine3.20.
+    assert golang(variants=("alpine",), versions="==1.22.5") == {"1.22.5-alpine"}
+
+
+def test_the_plain_line_beside_a_variant() -> None:
+    assert golang(variants=(NO_VARIANT, "alpine"), versions="==1.22.5", aliases=True) == {
+        "1.22.5",
+        "1.22",
+        "1",
+        "latest",
+        "1.22.5-alpine",
+        "1.22-alpine",
+        "1-alpine",
+        "alpine",
+    }
+    assert NO_VARIANT == "<none>"
+
+
+def test_newest_counts_within_each_variant() -> None:
+    selection = select(GOLANG_TAGS, TagRules(variants=("alpine", "bookworm"), newest=2))
+    assert set(selection.tags) == {
+        "1.22.5-alpine",
+        "1.22.4-alpine",
+        "1.22.5-bookworm",
+        "1.22.4-bookworm",
+    }
+    assert selection.reason("1.22.5-alpine") == "newest 2 of alpine: #1"
+    assert selection.reason("1.21.12-bookworm") == "not among the newest 2 of bookworm (#3)"
+
+
+def test_an_alias_follows_the_newest_version_of_its_own_variant() -> None:
+    # 1.22.5-alpine3.19 is the newest of alpine3.19, but 1.22-alpine3.20 only follows 3.20.
+    assert golang(variants=("alpine3.*",), versions="==1.22.4", aliases=True) == {
+        "1.22.4-alpine3.20"
+    }
+    assert golang(variants=("alpine3.*",), versions="==1.22.5", aliases=True) == {
+        "1.22.5-alpine3.20",
+        "1.22.5-alpine3.19",
+        "1.22-alpine3.20",
+        "alpine3.20",
+        "alpine3.19",
+    }
+
+
+def test_prereleases_stay_apart_within_a_variant() -> None:
+    assert golang(variants=("alpine",), versions=">=1.23.0a0") == set()
+    assert golang(variants=("alpine",), versions=">=1.23.0a0", prereleases=True) == {
+        "1.23rc2-alpine"
+    }
+    # A pre-release is never what an alias points to.
+    assert "alpine" not in golang(variants=("alpine",), newest=1, prereleases=True, aliases=True)
+
+
+def test_postgres_full_versions_have_no_patch() -> None:
+    assert postgres(versions=">=16") == {"16.3", "16.4", "17.0"}
+    assert postgres(versions=">=16", aliases=True) == {"16.3", "16.4", "16", "17.0", "17", "latest"}
+    assert postgres(versions="^16", variants=("alpine",), aliases=True) == {
+        "16.3-alpine",
+        "16.4-alpine",
+        "16-alpine",
+    }
+    assert postgres(newest=1, variants=("alpine", "bookworm"), aliases=True) == {
+        "17.0-alpine",
+        "17-alpine",
+        "alpine",
+        "17.0-bookworm",
+        "17-bookworm",
+        "bookworm",
+    }
+
+
+def test_deny_still_wins_over_variants_and_aliases() -> None:
+    assert golang(variants=("alpine",), versions=">=1.22", aliases=True, deny=("alpine",)) == {
+        "1.22.4-alpine",
+        "1.22.5-alpine",
+        "1.22-alpine",
+        "1-alpine",
+    }
+
+
+@pytest.mark.parametrize("variant", ["", " ", "alp ine", "alpine[", "alpine/3", "<none", "a:b"])
+def test_bad_variants_are_one_line_config_errors(variant: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        TagRules(variants=(variant,))
+    message = str(caught.value)
+    assert message.startswith(f"tags.variants: bad variant {variant!r}")
+    assert "\n" not in message
+
+
+def test_variant_tags_whose_variant_is_pinned_are_immutable_like_their_version() -> None:
+    pinned = select(GOLANG_TAGS, TagRules()).pinned_variants
+    assert {"alpine3.20", "alpine3.19", "bookworm", "windowsservercore-ltsc2022"} <= pinned
+    assert "alpine" not in pinned and "windowsservercore" not in pinned
+    assert is_full_version("1.22.5-alpine3.20", pinned=pinned)
+    assert is_full_version("1.22.5-bookworm", pinned=pinned)
+    # alpine floats to the next Alpine release; alone, a tag's variant is never trusted.
+    assert not is_full_version("1.22.5-alpine", pinned=pinned)
+    assert not is_full_version("1.22.5-alpine3.20")
+    # Conservative: versions without a patch, bare variants and pre-releases are not fixed.
+    postgres_pinned = select(POSTGRES_TAGS, TagRules()).pinned_variants
+    for tag in ("16.4", "16.4-bookworm", "alpine3.20", "bookworm", "1.23rc2-alpine3.20"):
+        assert not is_full_version(tag, pinned=postgres_pinned | pinned), tag
+
+
+def test_newest_first_reads_the_version_of_a_variant_tag() -> None:
+    assert newest_first(["1.21.12-alpine", "alpine", "1.22.5-alpine", "1.22.5", "edge"]) == [
+        "1.22.5",
+        "1.22.5-alpine",
+        "1.21.12-alpine",
+        "alpine",
+        "edge",
+    ]
+
+
+@given(
+    st.lists(
+        st.from_regex(
+            r"(v?[0-9]{1,2}(\.[0-9]{1,2}){0,2}(rc[0-9])?-)?[a-z]{1,6}[0-9.]{0,3}", fullmatch=True
+        ),
+        max_size=40,
+    ),
+    st.lists(st.sampled_from(["alpine", "alp*", "b?", NO_VARIANT, "*"]), max_size=3),
+)
+def test_variant_selection_is_a_subset_with_one_decision_per_tag(
+    tags: list[str], variants: list[str]
+) -> None:
+    for rules in (
+        TagRules(variants=tuple(variants)),
+        TagRules(variants=tuple(variants), newest=2, aliases=True),
+        TagRules(variants=tuple(variants), versions=">=1", prereleases=True),
+    ):
+        selection = select(tags, rules)
+        assert set(selection.tags) <= set(tags)
+        assert sorted(d.tag for d in selection.decisions) == sorted(set(tags))
+
+
+def test_a_variant_nothing_extends_is_pinned() -> None:
+    # An image that only ever says -alpine makes the same promise with it as without.
+    pinned = select(["2.1.3", "2.1.3-alpine", "2.1-alpine"], TagRules()).pinned_variants
+    assert pinned == {"alpine"} and is_full_version("2.1.3-alpine", pinned=pinned)
+
+
+def test_a_word_before_a_known_variant_belongs_to_that_variant() -> None:
+    # nginx: mainline-alpine is no version, but it is of the alpine variant.
+    tags = ["1.27.1-alpine", "1.27-alpine", "mainline-alpine", "alpine", "mainline", "stable"]
+    read = {d.tag: (d.variant, d.kind) for d in select(tags, TagRules()).decisions}
+    assert read["mainline-alpine"] == ("alpine", "other")
+    assert read["mainline"] == read["stable"] == (None, "other")
+    assert set(select(tags, TagRules(variants=("alpine",))).tags) == {
+        "1.27.1-alpine",
+        "1.27-alpine",
+        "mainline-alpine",
+        "alpine",
+    }
