@@ -228,7 +228,12 @@ def _add_rule_arguments(parser: argparse.ArgumentParser) -> None:
     rules.add_argument(
         "--versions", metavar="RANGE", help='a version range such as ">=2.1, <4" or "==2.*"'
     )
-    rules.add_argument("--newest", type=int, metavar="N", help="only the N highest versions")
+    rules.add_argument(
+        "--newest",
+        type=int,
+        metavar="N",
+        help="only the N highest full versions (of each selected variant)",
+    )
     rules.add_argument(
         "--aliases",
         action="store_true",
