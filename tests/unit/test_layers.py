@@ -33,6 +33,9 @@ LIBRARY = [
     "responses",
     "http",
     "registry",
+    "bundle",  # the inventory and bundle-file formats
+    "files",  # atomic writes for layouts on disk
+    "layout",  # oci:DIR, the second Store
     "plan",
     "transfer",
     "copy",
