@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with one --platform: copy that platform's image as a plain manifest, no index",
     )
     sync.add_argument(
+        "--have",
+        metavar="FILE",
+        help="an inventory of the registry inside an air gap (from `mirror inventory`): write "
+        "only what it lacks to the oci:DIR target, and a bundle file saying what it relies on",
+    )
+    sync.add_argument(
         "--recheck",
         action="store_true",
         help="check full-version tags upstream too (normally a tag like 2.1.106 that the "
@@ -159,6 +165,25 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     plan.add_argument("--shard", metavar="I/N", help="only shard I of N's entries (0-based)")
     plan.add_argument("--recheck", action="store_true", help="check full versions upstream too")
+
+    inventory = commands.add_parser(
+        "inventory",
+        help="what a registry holds (tags, manifests, blobs) as JSON, for `sync --have`",
+        description=(
+            "Print the digests of the tags, manifests and blobs REGISTRY holds, as one JSON "
+            "document: for the REPOSITORIES named, else for those the config's entries copy "
+            "into it, else for its whole catalog. Carry it out of an air gap; `mirror sync "
+            "--to oci:DIR --have FILE` then writes only what the registry lacks."
+        ),
+        epilog=EPILOG,
+    )
+    inventory.add_argument(
+        "refs",
+        nargs="+",
+        metavar="REGISTRY|REPOSITORY",
+        help="e.g. registry.local:5000, or registry.local:5000/diamol/golang ...",
+    )
+    _with_config(inventory)
 
     show = commands.add_parser(
         "config",
@@ -261,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "tags":
             return _until_signal(commands.tags_command(args))
+        if args.command == "inventory":
+            return _until_signal(commands.inventory_command(args))
         if args.command == "plan":
             return _until_signal(commands.plan_command(args))
         if args.command == "config":

@@ -63,13 +63,16 @@ async def sync_command(args: argparse.Namespace) -> int:
     from mirror.config import config_path, load_config
     from mirror.copy import Copier
     from mirror.errors import MirrorError
-    from mirror.jobs import Clients, sync
+    from mirror.jobs import Clients, check_bundle, sync
+    from mirror.layout import Layout
     from mirror.manifest import Platform
+    from mirror.reference import is_namespace
     from mirror.report import CopyReport
     from mirror.selection import DEFAULT_IMMUTABLE
 
     config = load_config(config_path(args.config))
-    requests = resolve_requests(args.refs, args.to or config.target)
+    target_text = args.to or config.target
+    requests = resolve_requests([r for r in args.refs if not is_namespace(r)], target_text)
     rules = rules_from(args)
     if not rules.selects_everything and any(r.source.tag or r.source.digest for r in requests):
         raise MirrorError("tag rules apply to REFs without a tag or digest")
@@ -85,13 +88,18 @@ async def sync_command(args: argparse.Namespace) -> int:
     show_progress = sys.stderr.isatty() and not args.json and not args.quiet
     display = ProgressDisplay() if show_progress else None
     try:
+        try:
+            namespaces = [r for r in args.refs if is_namespace(r)]
+            requests += await namespace_requests(clients, namespaces, target_text)
+        except MirrorError as exc:
+            error(str(exc))
+            return EXIT_FAILED
+        bundles = expect_inventory(clients, args.have, {r.target.registry for r in requests})
         if failure := await _preflight(clients, requests):
             error(failure)
             return EXIT_FAILED
-        for source_name, target_name in sorted(
-            {(r.source.registry, r.target.registry) for r in requests}
-        ):
-            copier = Copier(
+        copiers = {
+            (source_name, target_name): Copier(
                 clients.get(source_name),
                 clients.get(target_name),
                 concurrency=concurrency,
@@ -101,20 +109,38 @@ async def sync_command(args: argparse.Namespace) -> int:
                 platforms=platforms,
                 flatten=args.flatten,
             )
-            batch = [
-                r
-                for r in requests
-                if (r.source.registry, r.target.registry) == (source_name, target_name)
-            ]
+            for source_name, target_name in sorted(
+                {(r.source.registry, r.target.registry) for r in requests}
+            )
+        }
+
+        def batch_of(pair: tuple[str, str]) -> list[SyncRequest]:
+            return [r for r in requests if (r.source.registry, r.target.registry) == pair]
+
+        missing = [  # an import: everything its tags need is there, or no tag moves
+            line
+            for pair, copier in copiers.items()
+            if isinstance(copier.source, Layout)
+            for line in await check_bundle(copier, batch_of(pair), rules, platforms)
+        ]
+        if missing:
+            for line in missing:
+                error(line)
+            error(f"bundle incomplete: {len(missing)} missing, so no tag was imported")
+            return EXIT_FAILED
+        for pair, copier in copiers.items():
             if display:
                 display.start()
             try:
                 await asyncio.gather(
-                    *(sync(copier, r, rules=rules, immutable=immutable) for r in batch)
+                    *(sync(copier, r, rules=rules, immutable=immutable) for r in batch_of(pair))
                 )
             finally:
                 if display:
                     display.stop()
+        if not args.dry_run:
+            for layout in bundles:
+                await layout.write_bundle()
     finally:
         await clients.aclose()
     elapsed = time.monotonic() - started
@@ -131,6 +157,50 @@ async def sync_command(args: argparse.Namespace) -> int:
     if report.tags_failed:
         return EXIT_FAILED
     return _deferred_exit(args) if report.tags_deferred else EXIT_OK
+
+
+async def namespace_requests(
+    clients: Any, namespaces: list[str], target_text: str
+) -> list[SyncRequest]:
+    """One request per repository of each namespace REF (``oci:DIR``: every layout in DIR),
+    each into the target with its path kept below the namespace."""
+    from mirror.errors import ConfigError
+    from mirror.jobs import SyncRequest
+    from mirror.reference import Reference, names_registry, parse_namespace, resolve_target
+
+    if namespaces and not names_registry(target_text):
+        raise ConfigError(f"target {target_text} is one repository; a namespace needs a registry")
+    found = []
+    for text in namespaces:
+        namespace = parse_namespace(text)
+        for repository in await clients.get(namespace.registry).list_repositories(namespace.path):
+            source = Reference(namespace.registry, repository)
+            found.append(SyncRequest(source, resolve_target(source, target_text)))
+    return found
+
+
+def expect_inventory(clients: Any, have: str | None, targets: set[str]) -> list[Any]:
+    """``--have FILE``: every target, a layout, writes only what that inventory lacks; the
+    layouts that then write a bundle file (none without ``--have``)."""
+    from pathlib import Path
+
+    from mirror.bundle import Inventory
+    from mirror.errors import ConfigError
+    from mirror.reference import is_layout
+
+    if have is None:
+        return []
+    if not targets or not all(is_layout(t) for t in targets):
+        raise ConfigError("--have writes a delta bundle: the target must be oci:DIR")
+    try:
+        text = Path(have).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"--have {have}: {exc.strerror}") from None
+    inventory = Inventory.from_json(text, have)
+    layouts = [clients.get(t) for t in sorted(targets)]
+    for layout in layouts:
+        layout.expect(inventory)
+    return layouts
 
 
 def _deferred_exit(args: argparse.Namespace) -> int:
@@ -188,6 +258,59 @@ async def tags_command(args: argparse.Namespace) -> int:
             print(f"{mark} {decision.tag:<{width}}  {decision.reason}")
         print(f"{len(selection.tags)} of {len(selection.decisions)} tags selected")
     return EXIT_OK
+
+
+async def inventory_command(args: argparse.Namespace) -> int:
+    """``mirror inventory REGISTRY [REPOSITORY...]``: the tags, manifests and blobs a registry
+    holds, as one JSON document on stdout (``mirror.bundle`` describes it), for ``sync --have``.
+    Without repositories: those the config's entries copy into it, else its whole catalog."""
+    from mirror.airgap import take_inventory
+    from mirror.config import config_path, load_config
+    from mirror.errors import ConfigError, MirrorError
+    from mirror.jobs import Clients
+    from mirror.reference import is_layout, layout_name, names_registry, parse_repository
+
+    config = load_config(config_path(args.config))
+    registries, repositories = set(), []
+    for text in args.refs:
+        if names_registry(text):
+            registries.add(layout_name(text) if is_layout(text) else text)
+        else:
+            reference = parse_repository(text)
+            registries.add(reference.registry)
+            repositories.append(reference.repository)
+    if len(registries) != 1:
+        raise ConfigError(f"inventory: give one registry (and its repositories), not {args.refs}")
+    registry = registries.pop()
+    clients = Clients(config)
+    try:
+        store = clients.get(registry)
+        if not repositories:
+            repositories = await _configured_repositories(config, store, registry)
+        inventory = await take_inventory(store, sorted(set(repositories)))
+    except MirrorError as exc:
+        error(str(exc))
+        return EXIT_FAILED
+    finally:
+        await clients.aclose()
+    print(json.dumps(inventory.as_json(), indent=1))
+    return EXIT_OK
+
+
+async def _configured_repositories(config: Any, store: Any, registry: str) -> list[str]:
+    """The repositories of ``registry`` the config's entries copy into; its catalog when
+    none does."""
+    found: list[str] = []
+    for entry in config.mirrors:
+        if entry.is_namespace:
+            _, namespace = entry.namespaces(config.target)
+            if namespace.registry == registry:
+                found += await store.list_repositories(namespace.path)
+        else:
+            _, target = entry.endpoints(config.target)
+            if target.registry == registry:
+                found.append(target.repository)
+    return found or list(await store.list_repositories(""))
 
 
 def _configured_entry(config: Any, wanted: str) -> Any:
@@ -361,19 +484,24 @@ async def sync_all_command(args: argparse.Namespace) -> int:
     from mirror.errors import ConfigError
     from mirror.jobs import Clients, run_entry
     from mirror.logs import configure_logging
+    from mirror.reference import is_layout, layout_name, names_registry
 
     path = config_path(args.config)
     config = load_config(path)
     if (
-        args.to
-        or args.concurrency is not None
+        args.concurrency is not None
         or args.platform
         or args.flatten
         or not rules_from(args).selects_everything
     ):
+        raise ConfigError("--all takes concurrency, tag rules and platforms from the config")
+    if args.to and not names_registry(args.to):
         raise ConfigError(
-            "--all takes targets, concurrency, tag rules and platforms from the config"
+            f"--all --to {args.to}: give a registry or oci:DIR (each entry's target registry "
+            "is replaced, its repository path kept)"
         )
+    if args.have and not (args.to and is_layout(args.to)):
+        raise ConfigError("--all --have writes a delta bundle: give --to oci:DIR")
     shard = Shard.parse(args.shard) if args.shard else None
     entries = [e for e in config.mirrors if shard is None or shard.owns(e.job_id(config.target))]
     if not config.mirrors:
@@ -388,10 +516,17 @@ async def sync_all_command(args: argparse.Namespace) -> int:
 
     async def one(entry: Any) -> Any:
         async with bound:
-            return await run_entry(entry, clients, dry_run=args.dry_run, recheck=args.recheck)
+            return await run_entry(
+                entry, clients, dry_run=args.dry_run, recheck=args.recheck, to=args.to
+            )
 
     try:
+        targets = {layout_name(args.to)} if args.have else set()
+        bundles = expect_inventory(clients, args.have, targets)
         results = await asyncio.gather(*(one(e) for e in entries))
+        if not args.dry_run:
+            for layout in bundles:
+                await layout.write_bundle()
     finally:
         await clients.aclose()
     if args.json:

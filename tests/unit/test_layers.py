@@ -39,6 +39,7 @@ LIBRARY = [
     "plan",
     "transfer",
     "copy",
+    "airgap",  # inventories and the check before an import
 ]
 APPLICATION = [
     "logs",
