@@ -75,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--to",
         metavar="TARGET",
-        help="a registry (localhost:5000: repository paths kept) or one repository "
-        "(registry.local:5000/gallery/ui); default: the config's target, else localhost:5000",
+        help="a registry (localhost:5000: repository paths kept), one repository "
+        "(registry.local:5000/gallery/ui) or oci:DIR (an OCI image layout per repository); "
+        "with --all, every entry's target registry, paths kept; default: the config's target, "
+        "else localhost:5000",
     )
     _with_config(sync)
     sync.add_argument("--dry-run", action="store_true", help="report what would move; move nothing")
@@ -287,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tags":
             return _until_signal(commands.tags_command(args))
         if args.command == "inventory":
-            return _until_signal(commands.inventory_command(args))
+            from mirror.airgap_commands import inventory_command
+
+            return _until_signal(inventory_command(args))
         if args.command == "plan":
             return _until_signal(commands.plan_command(args))
         if args.command == "config":

@@ -2,7 +2,8 @@
 
 Owns the commands' work (sync, sync --all, tags, plan, config, healthcheck), the exit status
 each returns, and the checks between arguments and config (``--entry``, rules with a tag,
-``--all`` with flags). Parsing and ``asyncio.run`` are ``mirror.cli``'s; printing is
+``--all`` with flags); the air gap's own (inventory, ``--have``) are
+``mirror.airgap_commands``'. Parsing and ``asyncio.run`` are ``mirror.cli``'s; printing is
 ``mirror.output``'s. Heavy imports wait inside each command, so ``mirror --help`` and a no-op
 sync start fast.
 """
@@ -60,6 +61,7 @@ def resolve_requests(refs: list[str], target_text: str) -> list[SyncRequest]:
 
 
 async def sync_command(args: argparse.Namespace) -> int:
+    from mirror.airgap_commands import expect_inventory, namespace_requests
     from mirror.config import config_path, load_config
     from mirror.copy import Copier
     from mirror.errors import MirrorError
@@ -124,6 +126,8 @@ async def sync_command(args: argparse.Namespace) -> int:
             for line in await check_bundle(copier, batch_of(pair), rules, platforms)
         ]
         if missing:
+            if args.json:
+                print(json.dumps({**report.as_dict(), "missing": missing}))
             for line in missing:
                 error(line)
             error(f"bundle incomplete: {len(missing)} missing, so no tag was imported")
@@ -157,50 +161,6 @@ async def sync_command(args: argparse.Namespace) -> int:
     if report.tags_failed:
         return EXIT_FAILED
     return _deferred_exit(args) if report.tags_deferred else EXIT_OK
-
-
-async def namespace_requests(
-    clients: Any, namespaces: list[str], target_text: str
-) -> list[SyncRequest]:
-    """One request per repository of each namespace REF (``oci:DIR``: every layout in DIR),
-    each into the target with its path kept below the namespace."""
-    from mirror.errors import ConfigError
-    from mirror.jobs import SyncRequest
-    from mirror.reference import Reference, names_registry, parse_namespace, resolve_target
-
-    if namespaces and not names_registry(target_text):
-        raise ConfigError(f"target {target_text} is one repository; a namespace needs a registry")
-    found = []
-    for text in namespaces:
-        namespace = parse_namespace(text)
-        for repository in await clients.get(namespace.registry).list_repositories(namespace.path):
-            source = Reference(namespace.registry, repository)
-            found.append(SyncRequest(source, resolve_target(source, target_text)))
-    return found
-
-
-def expect_inventory(clients: Any, have: str | None, targets: set[str]) -> list[Any]:
-    """``--have FILE``: every target, a layout, writes only what that inventory lacks; the
-    layouts that then write a bundle file (none without ``--have``)."""
-    from pathlib import Path
-
-    from mirror.bundle import Inventory
-    from mirror.errors import ConfigError
-    from mirror.reference import is_layout
-
-    if have is None:
-        return []
-    if not targets or not all(is_layout(t) for t in targets):
-        raise ConfigError("--have writes a delta bundle: the target must be oci:DIR")
-    try:
-        text = Path(have).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"--have {have}: {exc.strerror}") from None
-    inventory = Inventory.from_json(text, have)
-    layouts = [clients.get(t) for t in sorted(targets)]
-    for layout in layouts:
-        layout.expect(inventory)
-    return layouts
 
 
 def _deferred_exit(args: argparse.Namespace) -> int:
@@ -258,59 +218,6 @@ async def tags_command(args: argparse.Namespace) -> int:
             print(f"{mark} {decision.tag:<{width}}  {decision.reason}")
         print(f"{len(selection.tags)} of {len(selection.decisions)} tags selected")
     return EXIT_OK
-
-
-async def inventory_command(args: argparse.Namespace) -> int:
-    """``mirror inventory REGISTRY [REPOSITORY...]``: the tags, manifests and blobs a registry
-    holds, as one JSON document on stdout (``mirror.bundle`` describes it), for ``sync --have``.
-    Without repositories: those the config's entries copy into it, else its whole catalog."""
-    from mirror.airgap import take_inventory
-    from mirror.config import config_path, load_config
-    from mirror.errors import ConfigError, MirrorError
-    from mirror.jobs import Clients
-    from mirror.reference import is_layout, layout_name, names_registry, parse_repository
-
-    config = load_config(config_path(args.config))
-    registries, repositories = set(), []
-    for text in args.refs:
-        if names_registry(text):
-            registries.add(layout_name(text) if is_layout(text) else text)
-        else:
-            reference = parse_repository(text)
-            registries.add(reference.registry)
-            repositories.append(reference.repository)
-    if len(registries) != 1:
-        raise ConfigError(f"inventory: give one registry (and its repositories), not {args.refs}")
-    registry = registries.pop()
-    clients = Clients(config)
-    try:
-        store = clients.get(registry)
-        if not repositories:
-            repositories = await _configured_repositories(config, store, registry)
-        inventory = await take_inventory(store, sorted(set(repositories)))
-    except MirrorError as exc:
-        error(str(exc))
-        return EXIT_FAILED
-    finally:
-        await clients.aclose()
-    print(json.dumps(inventory.as_json(), indent=1))
-    return EXIT_OK
-
-
-async def _configured_repositories(config: Any, store: Any, registry: str) -> list[str]:
-    """The repositories of ``registry`` the config's entries copy into; its catalog when
-    none does."""
-    found: list[str] = []
-    for entry in config.mirrors:
-        if entry.is_namespace:
-            _, namespace = entry.namespaces(config.target)
-            if namespace.registry == registry:
-                found += await store.list_repositories(namespace.path)
-        else:
-            _, target = entry.endpoints(config.target)
-            if target.registry == registry:
-                found.append(target.repository)
-    return found or list(await store.list_repositories(""))
 
 
 def _configured_entry(config: Any, wanted: str) -> Any:
@@ -479,6 +386,7 @@ async def plan_command(args: argparse.Namespace) -> int:
 
 async def sync_all_command(args: argparse.Namespace) -> int:
     """``mirror sync --all``: every configured entry once, logged like the daemon's runs."""
+    from mirror.airgap_commands import expect_inventory
     from mirror.config import config_path, load_config
     from mirror.daemon import Shard
     from mirror.errors import ConfigError

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,7 @@ def test_hub_to_layout_to_a_second_registry_keeps_every_digest(
     tmp_path: Path,
     hub: HubRegistry,
     local: RegistryProcess,
+    make_registry: Callable[..., RegistryProcess],
     release: dict[str, Image],
     unique_repo: str,
 ) -> None:
@@ -87,6 +89,15 @@ def test_hub_to_layout_to_a_second_registry_keeps_every_digest(
     assert back.report["tags_copied"] == 4 and back.report["tags_failed"] == 0
     verify_same((hub.url, hub.token_getter()), (local.url, None), unique_repo, sorted(release))
     assert not [p for p in disk.rglob("*") if p.name.endswith(".tmp")]
+
+    # As a configured entry (`source = "oci:DIR"`, every layout in it), into another registry.
+    other = make_registry()
+    entry = tmp_path / "inside.toml"
+    entry.write_text(f'target = "{other.host}"\n[[mirrors]]\nsource = "oci:{disk}"\n')
+    job = mirror(tmp_path, "sync", "--all", "--config", str(entry), "--json")
+
+    assert job.code == 0, job.describe()
+    verify_same((hub.url, hub.token_getter()), (other.url, None), unique_repo, sorted(release))
 
 
 @pytest.mark.skipif(SKOPEO is None, reason="skopeo is not installed (Debian package skopeo)")
@@ -246,4 +257,15 @@ def test_a_bundle_missing_a_blob_is_refused_before_any_tag_moves(
     assert any(lost.digest in line and "neither the bundle nor" in line for line in lines), lines
     assert "no tag was imported" in lines[-1]
     assert list_tags(local.url, unique_repo) == tags_before == ["1.0"]
+    assert writes(local, since) == []
+
+    # The same import as a configured entry (what the service runs): refused the same way.
+    entry = tmp_path / "inside.toml"
+    entry.write_text(f'target = "{local.host}"\n[[mirrors]]\nsource = "oci:{delta}"\n')
+    job = mirror(tmp_path, "sync", "--all", "--config", str(entry), "--json")
+
+    assert job.code == 1, job.describe()
+    (result,) = job.report["jobs"]
+    assert result["outcome"] == "failed" and lost.digest in result["error"]
+    assert list_tags(local.url, unique_repo) == ["1.0"]
     assert writes(local, since) == []

@@ -48,6 +48,7 @@ APPLICATION = [
     "health",
     "daemon",
     "output",
+    "airgap_commands",
     "commands",
     "cli",
     "__main__",

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from mirror.bundle import Holdings, Inventory
+from mirror.airgap import ImportCheck, check_import
+from mirror.bundle import Bundle, Holdings, Inventory
 from mirror.copy import Copier
-from mirror.errors import DigestMismatch, InvalidReference, LayoutError, NotFound
+from mirror.errors import DigestMismatch, InvalidReference, LayoutError, MirrorError, NotFound
 from mirror.files import BlobWriter
 from mirror.layout import REF_NAME, Layout
 from mirror.manifest import parse_manifest
@@ -392,3 +393,124 @@ def test_one_layout_is_named_below_its_bundle_else_by_its_last_component(tmp_pat
 def test_a_tag_of_a_directory_that_is_no_layout_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidReference, match="not an OCI image layout"):
         parse_reference(f"oci:{tmp_path}/nothing:1.0")
+
+
+# --- the check before an import ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def inside() -> AsyncIterator[tuple[FakeRegistry, Registry]]:
+    fake = FakeRegistry("inside.test")
+    async with fake.client() as client:
+        yield fake, client
+
+
+async def written_layout(
+    tmp_path: Path, source: tuple[FakeRegistry, Registry], image: Image
+) -> Layout:
+    fake, client = source
+    fake.seed(REPO, "1.0", image)
+    await copy_all(client, Layout(f"oci:{tmp_path}"), ["1.0"])
+    return Layout(f"oci:{tmp_path}")
+
+
+async def check(layout: Layout, target: Registry) -> ImportCheck:
+    request = (parse_reference(f"oci:{layout.root}/{REPO}:1.0"), parse_reference(f"x.test/{REPO}"))
+    return await check_import(layout, target, [request])
+
+
+async def test_a_whole_layout_passes_the_check(
+    tmp_path: Path,
+    source: tuple[FakeRegistry, Registry],
+    inside: tuple[FakeRegistry, Registry],
+) -> None:
+    (tmp_path / "mirror-bundle.json").write_text(json.dumps(Bundle("x", "y").as_json()))
+    layout = await written_layout(tmp_path, source, make_index(20))
+
+    result = await check(layout, inside[1])
+
+    assert (result.missing, result.mounts, result.tags) == ([], [], 1)
+
+
+async def test_a_missing_or_cut_short_blob_is_one_line_each(
+    tmp_path: Path,
+    source: tuple[FakeRegistry, Registry],
+    inside: tuple[FakeRegistry, Registry],
+) -> None:
+    (tmp_path / "mirror-bundle.json").write_text(json.dumps(Bundle("x", "y").as_json()))
+    image = make_image(21, layer_sizes=(3000, 2000))
+    layout = await written_layout(tmp_path, source, image)
+    gone, short = image.layer_digests
+    blob_file(tmp_path, REPO, gone).unlink()
+    blob_file(tmp_path, REPO, short).write_bytes(image.blobs[short][:100])
+
+    result = await check(layout, inside[1])
+
+    assert len(result.missing) == 2
+    text = "\n".join(result.missing)
+    assert f"blob {gone} (3000 bytes) is in neither the bundle nor inside.test/{REPO}" in text
+    assert f"blob {short} (2000 bytes) is cut short in the bundle (100 of 2000 bytes)" in text
+    assert all(line.startswith(f"oci:{tmp_path}/{REPO}:1.0: ") for line in result.missing)
+
+
+async def test_a_blob_the_bundle_expects_in_another_repository_is_mounted_from_there(
+    tmp_path: Path,
+    source: tuple[FakeRegistry, Registry],
+    inside: tuple[FakeRegistry, Registry],
+) -> None:
+    image = make_image(22)
+    layout = await written_layout(tmp_path, source, image)
+    lent = image.layer_digests[0]
+    blob_file(tmp_path, REPO, lent).unlink()
+    bundle = Bundle("inside.test", "", {REPO: {Digest(lent): ["base/images"]}})
+    (tmp_path / "mirror-bundle.json").write_text(json.dumps(bundle.as_json()))
+    inside[0].blobs["base/images"] = {lent: image.blobs[lent]}
+
+    result = await check(layout, inside[1])
+
+    assert result.missing == []
+    assert result.mounts == [("base/images", lent)]
+
+
+def test_files_that_are_not_an_inventory_are_one_line_naming_them() -> None:
+    with pytest.raises(MirrorError, match=r"have\.json: not JSON"):
+        Inventory.from_json("{", "have.json")
+    with pytest.raises(MirrorError, match=r"have\.json: not a mirror-inventory document"):
+        Inventory.from_json('{"kind": "mirror-bundle"}', "have.json")
+    with pytest.raises(MirrorError, match="version 2; this mirror reads 1"):
+        Inventory.from_json('{"kind": "mirror-inventory", "version": 2}', "have.json")
+    with pytest.raises(MirrorError, match="not a valid inventory: missing 'repositories'"):
+        Inventory.from_json('{"kind": "mirror-inventory", "version": 1}', "have.json")
+
+
+def test_an_inventory_reads_back_as_written() -> None:
+    inventory = Inventory(
+        "registry.local:5000",
+        {REPO: Holdings({"1.0": Digest.of(b"m")}, {Digest.of(b"m")}, {Digest.of(b"b")})},
+    )
+
+    again = Inventory.from_json(json.dumps(inventory.as_json()), "have.json")
+
+    assert again.repositories == inventory.repositories
+    assert again.blob_homes(Digest.of(b"b")) == [REPO]
+
+
+async def test_without_hard_links_a_shared_blob_is_copied(
+    tmp_path: Path, source: tuple[FakeRegistry, Registry], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    fake, client = source
+    shared = os.urandom(4000)
+    fake.seed("a/one", "1", make_image(23, shared_layers=(shared,)))
+    fake.seed("b/two", "1", make_image(24, shared_layers=(shared,)))
+    layout = Layout(f"oci:{tmp_path}")
+    await copy_all(client, layout, ["1"], repo="a/one")
+
+    await copy_all(client, Layout(f"oci:{tmp_path}"), ["1"], repo="b/two")
+
+    digest = Digest.of(shared)
+    assert blob_file(tmp_path, "b/two", digest).read_bytes() == shared
+    assert temp_files(tmp_path) == []
