@@ -9,6 +9,7 @@ the import itself is an ordinary copy once this check says yes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from mirror.bundle import Holdings, Inventory
 from mirror.errors import MirrorError, NotFound
 from mirror.layout import Layout
 from mirror.manifest import Descriptor, Manifest, Platform
+from mirror.plan import SOURCE_DIGEST_ANNOTATION
 from mirror.reference import Digest, Reference
 from mirror.selection import TagRules, select
 from mirror.store import Store
@@ -43,6 +45,9 @@ async def take_inventory(store: Store, repositories: Sequence[str]) -> Inventory
             async with slots:
                 manifest = await store.get_manifest(name, digest)
             holdings.blobs.update(b.digest for b in manifest.blobs)
+            if manifest.is_index and manifest.annotation(SOURCE_DIGEST_ANNOTATION):
+                with contextlib.suppress(UnicodeDecodeError):  # JSON text is UTF-8 in practice
+                    holdings.indexes[digest] = manifest.raw.decode()
             await asyncio.gather(*(walk(c.digest) for c in manifest.children))
 
         async def tag(tag: str) -> None:

@@ -11,7 +11,11 @@ An inventory (``mirror inventory``; read by ``mirror sync --have``)::
      "created": "2026-11-29T17:00:00Z",
      "repositories": {"diamol/golang": {"tags": {"2.1": "sha256:..."},
                                         "manifests": ["sha256:..."],
-                                        "blobs": ["sha256:..."]}}}
+                                        "blobs": ["sha256:..."],
+                                        "indexes": {"sha256:...": "{...}"}}}}
+
+``indexes`` holds the bytes of the indexes mirror made by keeping some platforms (they carry
+``io.mirror.source.digest``): a run with platforms reads one to know its source is unchanged.
 
 A bundle file (``DIR/mirror-bundle.json``, written by ``mirror sync --to oci:DIR --have``)::
 
@@ -50,6 +54,7 @@ class Holdings:
     tags: dict[str, Digest] = field(default_factory=dict)
     manifests: set[Digest] = field(default_factory=set)
     blobs: set[Digest] = field(default_factory=set)
+    indexes: dict[Digest, str] = field(default_factory=dict)  # platform-filtered ones' bytes
 
 
 @dataclass(slots=True)
@@ -64,6 +69,12 @@ class Inventory:
     def tag(self, repository: str, tag: str) -> Digest | None:
         holdings = self.repositories.get(repository)
         return holdings.tags.get(tag) if holdings else None
+
+    def index(self, repository: str, digest: Digest) -> bytes | None:
+        """The bytes of a platform-filtered index the repository holds, if recorded."""
+        holdings = self.repositories.get(repository)
+        text = holdings.indexes.get(digest) if holdings else None
+        return text.encode() if text is not None else None
 
     def tags(self, repository: str) -> list[str]:
         holdings = self.repositories.get(repository)
@@ -89,6 +100,7 @@ class Inventory:
                     "tags": dict(sorted(h.tags.items())),
                     "manifests": sorted(h.manifests),
                     "blobs": sorted(h.blobs),
+                    "indexes": dict(sorted(h.indexes.items())),
                 }
                 for name, h in sorted(self.repositories.items())
             },
@@ -104,6 +116,10 @@ class Inventory:
                     tags={str(t): Digest.parse(d) for t, d in (body.get("tags") or {}).items()},
                     manifests={Digest.parse(d) for d in body.get("manifests") or []},
                     blobs={Digest.parse(d) for d in body.get("blobs") or []},
+                    indexes={
+                        Digest.parse(d): str(text)
+                        for d, text in (body.get("indexes") or {}).items()
+                    },
                 )
                 for name, body in data["repositories"].items()
             }

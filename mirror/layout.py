@@ -141,6 +141,8 @@ class Layout:
             digest, media_type = Digest(entry["digest"]), entry.get("mediaType")
         path = self._blob_path(repository, digest)
         raw = await asyncio.to_thread(read_capped, path, MAX_MANIFEST_BYTES)
+        if raw is None and self.have is not None:
+            raw = self.have.index(repository, digest)  # a filtered index inside: compared
         if raw is None:
             raise NotFound(f"{self.name}: manifest {digest} of {repository} is missing ({path})")
         try:

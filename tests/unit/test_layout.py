@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from mirror.airgap import ImportCheck, check_import
+from mirror.airgap import ImportCheck, check_import, take_inventory
 from mirror.bundle import Bundle, Holdings, Inventory
 from mirror.copy import Copier
 from mirror.errors import DigestMismatch, InvalidReference, LayoutError, MirrorError, NotFound
 from mirror.files import BlobWriter
 from mirror.layout import REF_NAME, Layout
-from mirror.manifest import parse_manifest
+from mirror.manifest import Platform, parse_manifest
 from mirror.reference import (
     Digest,
     is_namespace,
@@ -514,3 +514,23 @@ async def test_without_hard_links_a_shared_blob_is_copied(
     digest = Digest.of(shared)
     assert blob_file(tmp_path, "b/two", digest).read_bytes() == shared
     assert temp_files(tmp_path) == []
+
+
+async def test_an_inventory_lets_a_run_with_platforms_skip_what_the_inside_has(
+    tmp_path: Path,
+    source: tuple[FakeRegistry, Registry],
+    inside: tuple[FakeRegistry, Registry],
+) -> None:
+    fake, client = source
+    fake.seed(REPO, "2.0", make_index(25))
+    amd64 = [Platform.parse("linux/amd64")]
+    first = await Copier(client, inside[1], platforms=amd64).copy(REPO, "2.0", REPO, "2.0")
+    assert first.status == "copied", first.error
+    inventory = await take_inventory(inside[1], [REPO])
+    layout = Layout(f"oci:{tmp_path}")
+    layout.expect(Inventory.from_json(json.dumps(inventory.as_json()), "have.json"))
+
+    again = await Copier(client, layout, platforms=amd64).copy(REPO, "2.0", REPO, "2.0")
+
+    assert again.status == "skipped", again.error
+    assert not tmp_path.joinpath(REPO).exists()
