@@ -269,3 +269,44 @@ def test_a_bundle_missing_a_blob_is_refused_before_any_tag_moves(
     assert result["outcome"] == "failed" and lost.digest in result["error"]
     assert list_tags(local.url, unique_repo) == ["1.0"]
     assert writes(local, since) == []
+
+
+def test_a_dry_run_to_a_layout_writes_nothing_and_predicts_the_run(
+    tmp_path: Path, hub: HubRegistry, release: dict[str, Image], unique_repo: str
+) -> None:
+    config, disk = hub_config(tmp_path, hub), tmp_path / "usb"
+    args = ("sync", f"{hub.host}/{unique_repo}", "--to", f"oci:{disk}", "--json")
+
+    dry = mirror(tmp_path, *args, "--dry-run", "--config", str(config))
+    written = disk.exists()
+    real = mirror(tmp_path, *args, "--config", str(config))
+
+    assert dry.code == 0, dry.describe()
+    assert not written
+    assert dry.report["tags_copied"] == real.report["tags_copied"] == 4
+    assert dry.report["bytes_copied"] == real.report["bytes_copied"]
+
+
+def test_a_layout_edited_by_hand_is_one_line_naming_the_file(
+    tmp_path: Path,
+    hub: HubRegistry,
+    local: RegistryProcess,
+    release: dict[str, Image],
+    unique_repo: str,
+) -> None:
+    config, disk = hub_config(tmp_path, hub), tmp_path / "usb"
+    run = mirror(
+        tmp_path, "sync", f"{hub.host}/{unique_repo}", "--to", f"oci:{disk}",
+        "--config", str(config),
+    )  # fmt: skip
+    assert run.code == 0, run.describe()
+    index = disk / unique_repo / "index.json"
+    index.write_text(index.read_text()[:-20])
+    since = local.log_mark()
+
+    back = mirror(tmp_path, "sync", f"oci:{disk}", "--to", local.host)
+
+    assert back.code == 1, back.describe()
+    (line,) = back.error_lines()
+    assert f"{index} is not a valid OCI image index" in line
+    assert writes(local, since) == []
