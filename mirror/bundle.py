@@ -17,7 +17,8 @@ An inventory (``mirror inventory``; read by ``mirror sync --have``)::
 ``indexes`` holds the bytes of the indexes mirror made by keeping some platforms (they carry
 ``io.mirror.source.digest``): a run with platforms reads one to know its source is unchanged.
 
-A bundle file (``DIR/mirror-bundle.json``, written by ``mirror sync --to oci:DIR --have``)::
+A bundle file (``DIR/mirror-bundle.json``, written by ``mirror sync --to oci:DIR --have``;
+a run without ``--have`` leaves one with ``"inventory": null`` and nothing expected)::
 
     {"kind": "mirror-bundle", "version": 1, "created": "...",
      "inventory": {"registry": "registry.local:5000", "created": "..."},
@@ -133,8 +134,8 @@ class Bundle:
     """A bundle file: the blobs each repository's manifests need that the bundle expects to
     find inside already, with the inside repositories that held each."""
 
-    registry: str
-    inventory_created: str
+    registry: str | None  # the inventory's; None: made without one, relying on nothing
+    inventory_created: str | None
     expects: dict[str, dict[Digest, list[str]]] = field(default_factory=dict)
     created: str = field(default_factory=now)
 
@@ -151,7 +152,11 @@ class Bundle:
             "kind": BUNDLE_KIND,
             "version": FORMAT_VERSION,
             "created": self.created,
-            "inventory": {"registry": self.registry, "created": self.inventory_created},
+            "inventory": (
+                {"registry": self.registry, "created": self.inventory_created}
+                if self.registry is not None
+                else None
+            ),
             "expects": {
                 repo: {str(d): homes for d, homes in sorted(blobs.items())}
                 for repo, blobs in sorted(self.expects.items())
@@ -166,10 +171,10 @@ class Bundle:
                 str(repo): {Digest.parse(d): [str(h) for h in homes] for d, homes in blobs.items()}
                 for repo, blobs in data["expects"].items()
             }
-            inventory = data.get("inventory") or {}
+            inventory = data.get("inventory")
             return cls(
-                str(inventory.get("registry", "")),
-                str(inventory.get("created", "")),
+                str(inventory["registry"]) if inventory else None,
+                str(inventory.get("created", "")) if inventory else None,
                 expects,
                 str(data.get("created", "")),
             )

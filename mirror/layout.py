@@ -44,6 +44,9 @@ REF_NAME = "org.opencontainers.image.ref.name"  # image-spec's annotation for a 
 LAYOUT_VERSION = b'{"imageLayoutVersion":"1.0.0"}'
 EMPTY_INDEX = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode()
 MAX_INDEX_BYTES = 64 * 1024 * 1024  # 2,000 tags make about 0.5 MB
+# What a run without an inventory leaves at DIR's top: it relies on nothing inside, and it
+# tells ``oci:DIR/diamol/golang`` that its repository is diamol/golang, not golang.
+PLAIN_BUNDLE = json.dumps(Bundle(None, None).as_json(), indent=1).encode()
 
 
 class Layout:
@@ -348,6 +351,9 @@ class Layout:
         def make() -> None:
             directory = self._dir(repository)
             self._make_dir(directory / "blobs" / "sha256")
+            if self.have is None and not (self.root / BUNDLE_FILE).exists():
+                write_atomic(self.root / BUNDLE_FILE, PLAIN_BUNDLE)  # (with one: at the end)
+
             if not (directory / INDEX_FILE).exists():
                 write_atomic(directory / INDEX_FILE, EMPTY_INDEX)
             if not (directory / LAYOUT_FILE).exists():

@@ -310,3 +310,21 @@ def test_a_layout_edited_by_hand_is_one_line_naming_the_file(
     (line,) = back.error_lines()
     assert f"{index} is not a valid OCI image index" in line
     assert writes(local, since) == []
+
+
+def test_a_large_layer_crosses_the_disk_both_ways_intact(
+    tmp_path: Path, hub: HubRegistry, hub_pusher: Pusher, local: RegistryProcess, unique_repo: str
+) -> None:
+    big = build_image("oci", layers=[make_layer(6 * 1024 * 1024, seed=f"{unique_repo}:big")])
+    hub_pusher.push(unique_repo, big, "big")
+    config, disk = hub_config(tmp_path, hub), tmp_path / "usb"
+
+    out = mirror(
+        tmp_path, "sync", f"{hub.host}/{unique_repo}:big", "--to", f"oci:{disk}",
+        "--config", str(config),
+    )  # fmt: skip
+    back = mirror(tmp_path, "sync", f"oci:{disk}/{unique_repo}:big", "--to", local.host)
+
+    assert out.code == 0, out.describe()
+    assert back.code == 0, back.describe()  # one layout, named by its path below DIR
+    verify_same((hub.url, hub.token_getter()), (local.url, None), unique_repo, ["big"])

@@ -534,3 +534,22 @@ async def test_an_inventory_lets_a_run_with_platforms_skip_what_the_inside_has(
 
     assert again.status == "skipped", again.error
     assert not tmp_path.joinpath(REPO).exists()
+
+
+async def test_a_large_blob_crosses_into_a_layout_and_out_again_intact(
+    tmp_path: Path, source: tuple[FakeRegistry, Registry]
+) -> None:
+    fake, client = source
+    image = make_image(26, layer_sizes=(6 * 1024 * 1024 + 17, 100))  # past RESUMABLE_MIN_BYTES
+    fake.seed(REPO, "1.0", image)
+    await copy_all(client, Layout(f"oci:{tmp_path}"), ["1.0"])
+    assert_layout_holds(tmp_path, REPO, "1.0", image)
+
+    other = tmp_path / "other"
+    result = await Copier(Layout(f"oci:{tmp_path}"), Layout(f"oci:{other}")).copy(
+        REPO, "1.0", REPO, "1.0"
+    )
+
+    assert result.status == "copied", result.error
+    assert_layout_holds(other, REPO, "1.0", image)
+    assert temp_files(tmp_path) == []
