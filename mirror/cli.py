@@ -75,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--to",
         metavar="TARGET",
-        help="a registry (localhost:5000: repository paths kept) or one repository "
-        "(registry.local:5000/gallery/ui); default: the config's target, else localhost:5000",
+        help="a registry (localhost:5000: repository paths kept), one repository "
+        "(registry.local:5000/gallery/ui) or oci:DIR (an OCI image layout per repository); "
+        "with --all, every entry's target registry, paths kept; default: the config's target, "
+        "else localhost:5000",
     )
     _with_config(sync)
     sync.add_argument("--dry-run", action="store_true", help="report what would move; move nothing")
@@ -110,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--flatten",
         action="store_true",
         help="with one --platform: copy that platform's image as a plain manifest, no index",
+    )
+    sync.add_argument(
+        "--have",
+        metavar="FILE",
+        help="an inventory of the registry inside an air gap (from `mirror inventory`): write "
+        "only what it lacks to the oci:DIR target, and a bundle file saying what it relies on",
     )
     sync.add_argument(
         "--recheck",
@@ -159,6 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     plan.add_argument("--shard", metavar="I/N", help="only shard I of N's entries (0-based)")
     plan.add_argument("--recheck", action="store_true", help="check full versions upstream too")
+
+    inventory = commands.add_parser(
+        "inventory",
+        help="what a registry holds (tags, manifests, blobs) as JSON, for `sync --have`",
+        description=(
+            "Print the digests of the tags, manifests and blobs REGISTRY holds, as one JSON "
+            "document: for the REPOSITORIES named, else for those the config's entries copy "
+            "into it, else for its whole catalog. Carry it out of an air gap; `mirror sync "
+            "--to oci:DIR --have FILE` then writes only what the registry lacks."
+        ),
+        epilog=EPILOG,
+    )
+    inventory.add_argument(
+        "refs",
+        nargs="+",
+        metavar="REGISTRY|REPOSITORY",
+        help="e.g. registry.local:5000, or registry.local:5000/diamol/golang ...",
+    )
+    _with_config(inventory)
 
     show = commands.add_parser(
         "config",
@@ -275,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "tags":
             return _until_signal(commands.tags_command(args))
+        if args.command == "inventory":
+            from mirror.airgap_commands import inventory_command
+
+            return _until_signal(inventory_command(args))
         if args.command == "plan":
             return _until_signal(commands.plan_command(args))
         if args.command == "config":

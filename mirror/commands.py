@@ -2,7 +2,8 @@
 
 Owns the commands' work (sync, sync --all, tags, plan, config, healthcheck), the exit status
 each returns, and the checks between arguments and config (``--entry``, rules with a tag,
-``--all`` with flags). Parsing and ``asyncio.run`` are ``mirror.cli``'s; printing is
+``--all`` with flags); the air gap's own (inventory, ``--have``) are
+``mirror.airgap_commands``'. Parsing and ``asyncio.run`` are ``mirror.cli``'s; printing is
 ``mirror.output``'s. Heavy imports wait inside each command, so ``mirror --help`` and a no-op
 sync start fast.
 """
@@ -61,16 +62,20 @@ def resolve_requests(refs: list[str], target_text: str) -> list[SyncRequest]:
 
 
 async def sync_command(args: argparse.Namespace) -> int:
+    from mirror.airgap_commands import expect_inventory, namespace_requests
     from mirror.config import config_path, load_config
     from mirror.copy import Copier
     from mirror.errors import MirrorError
-    from mirror.jobs import Clients, sync
+    from mirror.jobs import Clients, check_bundle, sync
+    from mirror.layout import Layout
     from mirror.manifest import Platform
+    from mirror.reference import is_namespace
     from mirror.report import CopyReport
     from mirror.selection import DEFAULT_IMMUTABLE
 
     config = load_config(config_path(args.config))
-    requests = resolve_requests(args.refs, args.to or config.target)
+    target_text = args.to or config.target
+    requests = resolve_requests([r for r in args.refs if not is_namespace(r)], target_text)
     rules = rules_from(args)
     if not rules.selects_everything and any(r.source.tag or r.source.digest for r in requests):
         raise MirrorError("tag rules apply to REFs without a tag or digest")
@@ -86,13 +91,18 @@ async def sync_command(args: argparse.Namespace) -> int:
     show_progress = sys.stderr.isatty() and not args.json and not args.quiet
     display = ProgressDisplay() if show_progress else None
     try:
+        try:
+            namespaces = [r for r in args.refs if is_namespace(r)]
+            requests += await namespace_requests(clients, namespaces, target_text)
+        except MirrorError as exc:
+            error(str(exc))
+            return EXIT_FAILED
+        bundles = expect_inventory(clients, args.have, {r.target.registry for r in requests})
         if failure := await _preflight(clients, requests):
             error(failure)
             return EXIT_FAILED
-        for source_name, target_name in sorted(
-            {(r.source.registry, r.target.registry) for r in requests}
-        ):
-            copier = Copier(
+        copiers = {
+            (source_name, target_name): Copier(
                 clients.get(source_name),
                 clients.get(target_name),
                 concurrency=concurrency,
@@ -102,20 +112,40 @@ async def sync_command(args: argparse.Namespace) -> int:
                 platforms=platforms,
                 flatten=args.flatten,
             )
-            batch = [
-                r
-                for r in requests
-                if (r.source.registry, r.target.registry) == (source_name, target_name)
-            ]
+            for source_name, target_name in sorted(
+                {(r.source.registry, r.target.registry) for r in requests}
+            )
+        }
+
+        def batch_of(pair: tuple[str, str]) -> list[SyncRequest]:
+            return [r for r in requests if (r.source.registry, r.target.registry) == pair]
+
+        missing = [  # an import: everything its tags need is there, or no tag moves
+            line
+            for pair, copier in copiers.items()
+            if isinstance(copier.source, Layout)
+            for line in await check_bundle(copier, batch_of(pair), rules, platforms)
+        ]
+        if missing:
+            if args.json:
+                print(json.dumps({**report.as_dict(), "missing": missing}))
+            for line in missing:
+                error(line)
+            error(f"bundle incomplete: {len(missing)} missing, so no tag was imported")
+            return EXIT_FAILED
+        for pair, copier in copiers.items():
             if display:
                 display.start()
             try:
                 await asyncio.gather(
-                    *(sync(copier, r, rules=rules, immutable=immutable) for r in batch)
+                    *(sync(copier, r, rules=rules, immutable=immutable) for r in batch_of(pair))
                 )
             finally:
                 if display:
                     display.stop()
+        if not args.dry_run:
+            for layout in bundles:
+                await layout.write_bundle()
     finally:
         await clients.aclose()
     elapsed = time.monotonic() - started
@@ -370,24 +400,30 @@ async def plan_command(args: argparse.Namespace) -> int:
 
 async def sync_all_command(args: argparse.Namespace) -> int:
     """``mirror sync --all``: every configured entry once, logged like the daemon's runs."""
+    from mirror.airgap_commands import expect_inventory
     from mirror.config import config_path, load_config
     from mirror.daemon import Shard
     from mirror.errors import ConfigError
     from mirror.jobs import Clients, run_entry
     from mirror.logs import configure_logging
+    from mirror.reference import is_layout, layout_name, names_registry
 
     path = config_path(args.config)
     config = load_config(path)
     if (
-        args.to
-        or args.concurrency is not None
+        args.concurrency is not None
         or args.platform
         or args.flatten
         or not rules_from(args).selects_everything
     ):
+        raise ConfigError("--all takes concurrency, tag rules and platforms from the config")
+    if args.to and not names_registry(args.to):
         raise ConfigError(
-            "--all takes targets, concurrency, tag rules and platforms from the config"
+            f"--all --to {args.to}: give a registry or oci:DIR (each entry's target registry "
+            "is replaced, its repository path kept)"
         )
+    if args.have and not (args.to and is_layout(args.to)):
+        raise ConfigError("--all --have writes a delta bundle: give --to oci:DIR")
     shard = Shard.parse(args.shard) if args.shard else None
     entries = [e for e in config.mirrors if shard is None or shard.owns(e.job_id(config.target))]
     if not config.mirrors:
@@ -402,10 +438,17 @@ async def sync_all_command(args: argparse.Namespace) -> int:
 
     async def one(entry: Any) -> Any:
         async with bound:
-            return await run_entry(entry, clients, dry_run=args.dry_run, recheck=args.recheck)
+            return await run_entry(
+                entry, clients, dry_run=args.dry_run, recheck=args.recheck, to=args.to
+            )
 
     try:
+        targets = {layout_name(args.to)} if args.have else set()
+        bundles = expect_inventory(clients, args.have, targets)
         results = await asyncio.gather(*(one(e) for e in entries))
+        if not args.dry_run:
+            for layout in bundles:
+                await layout.write_bundle()
     finally:
         await clients.aclose()
     if args.json:

@@ -24,7 +24,8 @@ The copy, step by step:
    never holds a tag that points at missing content, and read back. (``mirror.transfer``)
 
 A dry run stops after step 3 and reports what it would move (``mirror.report``). Source and
-target are any ``mirror.store.Store``: today the registry client, ``mirror.registry``.
+target are any ``mirror.store.Store``: the registry client, ``mirror.registry``, or a
+directory of OCI image layouts, ``mirror.layout``.
 """
 
 from __future__ import annotations
@@ -115,6 +116,11 @@ class Copier:
         fewer. (In a repository with tags a HEAD is kept: a mount rewrites the link of a blob
         already there, which a pull reading it at that instant could find empty.)"""
         self._state.tagless.add(repository)
+
+    def holds_blob(self, repository: str, digest: Digest) -> None:
+        """Say that the target's ``repository`` holds blob ``digest`` (known from elsewhere,
+        e.g. a bundle's check before an import): other repositories mount it from there."""
+        self._state.holds_blob(repository, digest)
 
     async def copy(
         self,

@@ -11,6 +11,7 @@ Nothing here knows about HTTP clients.
     ├── DigestMismatch          content whose sha256 is not the digest it was asked for
     ├── QuotaExhausted          a pull now would eat into the reserve or hit the pull limit
     ├── ManifestError           a manifest that cannot be used (not JSON, too large, unknown type)
+    ├── LayoutError             an OCI image layout on disk that cannot be read or written
     └── RegistryError           a registry answered with an error status or could not be reached
         ├── Unauthorized        401 / 403: missing or wrong credentials, or access denied
         ├── NotFound            404: no such repository, manifest, blob or upload
@@ -46,6 +47,11 @@ class AuthError(MirrorError):
 
 class ManifestError(MirrorError):
     """A manifest that cannot be used: not JSON, over the size cap, or of an unknown media type."""
+
+
+class LayoutError(MirrorError):
+    """An OCI image layout that cannot be read (a bad ``index.json``) or written (a full
+    disk); the message names the path. Not retried: waiting does not mend either."""
 
 
 class DigestMismatch(MirrorError):

@@ -16,12 +16,15 @@ from typing import Any, Literal
 
 import httpx
 
+from mirror.airgap import check_import
 from mirror.config import Config, MirrorEntry
 from mirror.copy import Copier
 from mirror.credentials import Credentials, docker_credentials
 from mirror.errors import MirrorError, NotFound
+from mirror.layout import Layout
+from mirror.manifest import Platform
 from mirror.plan import PriorityGate
-from mirror.reference import Reference
+from mirror.reference import Namespace, Reference, is_layout, layout_name, resolve_target
 from mirror.registry import Registry
 from mirror.report import CopyReport, Progress, TagResult
 from mirror.selection import (
@@ -49,7 +52,8 @@ _TAG_EVENTS = {
 
 
 class Clients:
-    """One ``Registry`` client per registry name for the whole process, built from config.
+    """One ``Registry`` client per registry name for the whole process, built from config
+    (and one ``Layout`` per ``oci:DIR``).
 
     Credentials come from the config when it names any for the registry, else from Docker's
     own ``config.json`` (what ``docker login`` left), looked up at the registry's first 401.
@@ -59,7 +63,7 @@ class Clients:
         """``registry_options`` go to every ``Registry`` (tests pass ``transport``, ``sleep``)."""
         self.config = config
         self._options = registry_options
-        self._clients: dict[str, Registry] = {}
+        self._clients: dict[str, Registry | Layout] = {}
         self.flattened: dict[Any, Any] = {}  # index digest -> the image a flatten took
         self._state: State | None = None
 
@@ -73,8 +77,10 @@ class Clients:
             self._state = State(path, warn=_warn_state)
         return self._state
 
-    def get(self, name: str) -> Registry:
+    def get(self, name: str) -> Registry | Layout:
         client = self._clients.get(name)
+        if client is None and is_layout(name):
+            client = self._clients[name] = Layout(name)
         if client is None:
             settings = self.config.registry(name)
             configured = self.config.credentials(name)  # raises ConfigError early, not at a 401
@@ -100,7 +106,7 @@ class Clients:
             self._clients[name] = client
         return client
 
-    def peek(self, name: str) -> Registry | None:
+    def peek(self, name: str) -> Registry | Layout | None:
         """The client for ``name`` if one was made; never builds one (nor raises)."""
         return self._clients.get(name)
 
@@ -199,6 +205,25 @@ async def _target_tags(copier: Copier, repository: str) -> set[str] | None:
         return None
 
 
+async def check_bundle(
+    copier: Copier, requests: list[SyncRequest], rules: TagRules, platforms: list[Platform]
+) -> list[str]:
+    """Before an import from a layout moves any tag: what its tags need that is neither in
+    the layout nor in the target, one line each (none: go ahead; the blobs to mount from
+    other repositories are told to ``copier``)."""
+    assert isinstance(copier.source, Layout)
+    check = await check_import(
+        copier.source,
+        copier.target,
+        [(r.source, r.target) for r in requests],
+        rules=rules,
+        platforms=platforms,
+    )
+    for repository, digest in check.mounts:
+        copier.holds_blob(repository, digest)
+    return check.missing
+
+
 @dataclass(slots=True)
 class JobResult:
     """One run of one mirror entry: its outcome, the copy report and how long it took.
@@ -223,15 +248,23 @@ async def run_entry(
     dry_run: bool = False,
     progress: Progress | None = None,
     recheck: bool = False,
+    to: str | None = None,
 ) -> JobResult:
     """Run one configured mirror entry once; log one line per tag moved or failed, and one for
-    the run. Never raises for what a registry does: that is the result's outcome."""
+    the run. Never raises for what a registry does: that is the result's outcome.
+
+    ``to`` (a registry or ``oci:DIR``) replaces the registry of the entry's target, its
+    repository paths kept: the same copy, written elsewhere (a disk to carry inside)."""
     job = entry.job_id(clients.config.target)
     if entry.is_namespace:
         source_ns, target_ns = entry.namespaces(clients.config.target)
+        if to is not None:
+            target_ns = Namespace(layout_name(to) if is_layout(to) else to, target_ns.path)
         source_registry, target_registry = source_ns.registry, target_ns.registry
     else:
         source, target = entry.endpoints(clients.config.target)
+        if to is not None:
+            target = resolve_target(target, to)
         source_registry, target_registry = source.registry, target.registry
     report = CopyReport(dry_run=dry_run)
     started = time.monotonic()
@@ -259,6 +292,11 @@ async def run_entry(
             ]
         else:
             requests = [SyncRequest(source, target)]
+        if isinstance(copier.source, Layout):  # an import: all of it is there, or nothing moves
+            rules, platforms = entry.tags.rules(), entry.platform_list()
+            if missing := await check_bundle(copier, requests, rules, platforms):
+                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                requests, error = [], f"bundle incomplete, no tag moved: {missing[0]}{more}"
         bound = asyncio.Semaphore(REPOSITORIES_IN_FLIGHT)
 
         async def one(request: SyncRequest) -> None:

@@ -1,16 +1,21 @@
 """Image references and digests: parsing, Docker Hub normalisation, canonical text.
 
 Owns the grammar of distribution's ``reference`` package (registry, repository path, tag,
-digest) and Docker's naming rules (``docker.io``, ``library/``, ``latest``). Knows nothing of
-HTTP: which endpoint serves ``docker.io`` is the registry client's business.
+digest), Docker's naming rules (``docker.io``, ``library/``, ``latest``) and ``oci:DIR``
+references to OCI image layouts on disk (where DIR stands in for a registry, and one look
+at the file system tells a layout from a directory of them). Knows nothing of HTTP: which
+endpoint serves ``docker.io`` is the registry client's business, reading a layout the
+``mirror.layout`` store's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from mirror.errors import InvalidReference
 
@@ -19,6 +24,9 @@ DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.dock
 OFFICIAL_NAMESPACE = "library"  # Docker Hub keeps official images here: golang = library/golang
 DEFAULT_TAG = "latest"
 MAX_NAME_LENGTH = 255  # distribution's NameTotalLengthMax
+LAYOUT_PREFIX = "oci:"  # as skopeo spells an OCI image layout: oci:DIR[:TAG]
+LAYOUT_FILE = "oci-layout"  # image-spec: the file that makes a directory an image layout
+BUNDLE_FILE = "mirror-bundle.json"  # at the top of a directory of layouts a delta run wrote
 
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _HOST_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
@@ -143,8 +151,11 @@ def parse_reference(text: str) -> Reference:
 
     ``golang`` is ``docker.io/library/golang``; ``diamol/golang`` is ``docker.io/diamol/golang``;
     a first component with a dot, a colon or ``localhost`` is a registry. Raises InvalidReference
-    naming the text and what is wrong with it.
+    naming the text and what is wrong with it. ``oci:DIR[:TAG][@DIGEST]`` names one OCI image
+    layout (see ``parse_layout_reference``).
     """
+    if is_layout(text):
+        return parse_layout_reference(text)
     if not text:
         raise InvalidReference(text, "empty reference")
     if text != text.strip() or any(c.isspace() for c in text):
@@ -184,8 +195,10 @@ def parse_repository(text: str) -> Reference:
 
 
 def names_registry(target: str) -> bool:
-    """Whether a copy target names a whole registry (``localhost:5000``), not one repository."""
-    return "/" not in target and is_registry_host(target)
+    """Whether a copy target names a whole registry (``localhost:5000``), not one repository.
+
+    ``oci:DIR`` as a target always does: each repository gets its own layout under DIR."""
+    return is_layout(target) or ("/" not in target and is_registry_host(target))
 
 
 def resolve_target(source: Reference, target: str) -> Reference:
@@ -195,6 +208,8 @@ def resolve_target(source: Reference, target: str) -> Reference:
     ``localhost:5000`` is ``localhost:5000/diamol/golang``); a target naming a repository
     (``registry.local:5000/gallery/ui``) is that repository.
     """
+    if is_layout(target):
+        return Reference(layout_name(target), source.repository)
     if names_registry(target):
         validate_registry(target, target)
         return parse_repository(f"{target}/{source.repository}")
@@ -211,7 +226,10 @@ def normalize_registry(host: str) -> str:
 
 
 def validate_registry(text: str, registry: str) -> None:
-    """Raise InvalidReference unless ``registry`` is ``host[:port]`` with a port in 1..65535."""
+    """Raise InvalidReference unless ``registry`` is ``host[:port]`` with a port in 1..65535
+    (or ``oci:DIR``, which stands in for one)."""
+    if is_layout(registry):
+        return
     if registry.startswith("["):
         host, bracket, after = registry.partition("]")
         host += bracket
@@ -251,13 +269,22 @@ class Namespace:
 
 
 def is_namespace(text: str) -> bool:
+    """``diamol/*``; or ``oci:DIR`` where DIR is not itself a layout (every layout under it)."""
+    if is_layout(text) and not text.endswith("/*"):
+        path, tag, digest = _split_layout(text)
+        return tag is None and digest is None and not (path / LAYOUT_FILE).is_file()
     return text.endswith("/*")
 
 
 def parse_namespace(text: str) -> Namespace:
-    """Parse ``diamol/*``, ``ghcr.io/org/*`` or ``localhost:5000/*`` (no library/ added)."""
+    """Parse ``diamol/*``, ``ghcr.io/org/*`` or ``localhost:5000/*`` (no library/ added).
+
+    ``oci:DIR`` and ``oci:DIR/*`` are every layout under DIR, repositories named by their
+    paths below it."""
     if not is_namespace(text):
         raise InvalidReference(text, "a namespace ends with /*")
+    if is_layout(text):
+        return Namespace(layout_name(text.removesuffix("/*")), "")
     prefix = text[:-2]
     if "/" not in prefix and is_registry_host(prefix):
         validate_registry(text, prefix)
@@ -290,3 +317,61 @@ def _split_name(text: str, name: str, *, official: bool = True) -> tuple[str, st
     if official and registry == DOCKER_HUB and "/" not in path:
         path = f"{OFFICIAL_NAMESPACE}/{path}"
     return registry, path
+
+
+def is_layout(text: str) -> bool:
+    """Whether ``text`` names an OCI image layout on disk (``oci:DIR...``), not a registry."""
+    return text.startswith(LAYOUT_PREFIX)
+
+
+def layout_name(text: str) -> str:
+    """The canonical name of a directory of layouts: ``oci:`` and its absolute path."""
+    path = text.removeprefix(LAYOUT_PREFIX)
+    if not path:
+        raise InvalidReference(text, "oci: needs a directory, as in oci:/media/usb")
+    return LAYOUT_PREFIX + os.path.abspath(path)
+
+
+def parse_layout_reference(text: str) -> Reference:
+    """Parse ``oci:DIR[:TAG][@DIGEST]``, where DIR holds one OCI image layout.
+
+    Its repository is its path below the nearest directory above it that holds a
+    ``mirror-bundle.json`` (a bundle mirror wrote: ``oci:/media/usb/diamol/golang`` is
+    ``diamol/golang`` of ``oci:/media/usb``), else its last path component.
+    """
+    path, tag, digest = _split_layout(text)
+    if not (path / LAYOUT_FILE).is_file():
+        raise InvalidReference(
+            text, f"{path} is not an OCI image layout (it has no {LAYOUT_FILE} file)"
+        )
+    root = next((p for p in path.parents if (p / BUNDLE_FILE).is_file()), path.parent)
+    repository = path.relative_to(root).as_posix()
+    for component in repository.split("/"):
+        if _COMPONENT.fullmatch(component) is None:
+            raise InvalidReference(
+                text,
+                f"layout directory {component!r} is not a repository name: "
+                "use [a-z0-9] separated by '.', '_', '__' or '-'",
+            )
+    return Reference(layout_name(str(root)), repository, tag, digest)
+
+
+def _split_layout(text: str) -> tuple[Path, str | None, Digest | None]:
+    """``oci:DIR[:TAG][@DIGEST]`` -> (absolute DIR, tag, digest), as skopeo splits it."""
+    rest = text.removeprefix(LAYOUT_PREFIX)
+    digest = None
+    if "@" in rest:
+        rest, _, digest_text = rest.rpartition("@")
+        try:
+            digest = Digest.parse(digest_text)
+        except InvalidReference as exc:
+            raise InvalidReference(text, exc.reason) from None
+    tag = None
+    slash, colon = rest.rfind("/"), rest.rfind(":")
+    if colon > slash:
+        rest, tag = rest[:colon], rest[colon + 1 :]
+        if _TAG.fullmatch(tag) is None:
+            raise InvalidReference(text, f"bad tag {tag!r}")
+    if not rest:
+        raise InvalidReference(text, "oci: needs a directory, as in oci:/media/usb")
+    return Path(os.path.abspath(rest)), tag, digest

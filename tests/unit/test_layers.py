@@ -34,9 +34,13 @@ LIBRARY = [
     "responses",
     "http",
     "registry",
+    "bundle",  # the inventory and bundle-file formats
+    "files",  # atomic writes for layouts on disk
+    "layout",  # oci:DIR, the second Store
     "plan",
     "transfer",
     "copy",
+    "airgap",  # inventories and the check before an import
 ]
 APPLICATION = [
     "logs",
@@ -46,6 +50,7 @@ APPLICATION = [
     "health",
     "daemon",
     "output",
+    "airgap_commands",
     "commands",
     "cli",
     "__main__",
