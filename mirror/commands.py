@@ -16,7 +16,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from mirror.output import ProgressDisplay, error, print_report, size
+from mirror.output import ProgressDisplay, error, print_report, size, warning
 
 if TYPE_CHECKING:
     from mirror.jobs import SyncRequest
@@ -63,7 +63,7 @@ async def sync_command(args: argparse.Namespace) -> int:
     from mirror.config import config_path, load_config
     from mirror.copy import Copier
     from mirror.errors import MirrorError
-    from mirror.jobs import Clients, sync
+    from mirror.jobs import Clients, counts_of, outcome_of, record_run, sync
     from mirror.manifest import Platform
     from mirror.report import CopyReport
     from mirror.selection import DEFAULT_IMMUTABLE
@@ -80,7 +80,7 @@ async def sync_command(args: argparse.Namespace) -> int:
         raise MirrorError("--concurrency must be at least 1")
 
     started = time.monotonic()
-    clients = Clients(config)
+    clients = Clients(config, state_warning=warning)
     report = CopyReport(dry_run=args.dry_run)
     show_progress = sys.stderr.isatty() and not args.json and not args.quiet
     display = ProgressDisplay() if show_progress else None
@@ -108,10 +108,19 @@ async def sync_command(args: argparse.Namespace) -> int:
             ]
             if display:
                 display.start()
+
+            async def one(request: SyncRequest, copier: Copier = copier) -> None:
+                # Recorded like an entry's run; the job is named as an entry's would be.
+                job = f"{request.source} -> {request.target.name}"
+                run = None if args.dry_run else clients.state.start_run(job)
+                results = await sync(copier, request, rules=rules, immutable=immutable)
+                if not args.dry_run:
+                    counts = counts_of(results)
+                    outcome = outcome_of(counts["tags_checked"], counts["tags_failed"])
+                    record_run(clients.state, run, job, results, counts, outcome, None)
+
             try:
-                await asyncio.gather(
-                    *(sync(copier, r, rules=rules, immutable=immutable) for r in batch)
-                )
+                await asyncio.gather(*(one(r) for r in batch))
             finally:
                 if display:
                     display.stop()
