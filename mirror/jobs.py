@@ -12,7 +12,6 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -32,7 +31,7 @@ from mirror.selection import (
     newest_first,
     select,
 )
-from mirror.state import State, TagRecord, default_path
+from mirror.state import State, TagRecord, resolve_path
 
 REPOSITORIES_IN_FLIGHT = 4  # a namespace entry syncs this many repositories at once
 EVERY_TAG = TagRules()
@@ -77,8 +76,7 @@ class Clients:
         """The state database the config names (or the default one), opened at first use, so
         commands that record nothing never create it. Problems are one warning line each."""
         if self._state is None:
-            setting = self.config.state
-            path = Path(setting).expanduser() if setting else default_path()
+            path = resolve_path(self.config.state)
             self._state = State(path, warn=self._state_warning)
         return self._state
 

@@ -110,6 +110,11 @@ def default_path(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(base).expanduser() / "mirror" / FILENAME
 
 
+def resolve_path(setting: str | None, environ: Mapping[str, str] = os.environ) -> Path:
+    """The database file: the config's ``state`` (``~`` expanded), else ``default_path``."""
+    return Path(setting).expanduser() if setting else default_path(environ)
+
+
 @dataclass(frozen=True, slots=True)
 class TagRecord:
     """One tag a run checked, as the state keeps it (see ``State.record_tags``)."""
@@ -287,6 +292,24 @@ class State:
             " WHERE target = ? AND repository = ? AND tag = ? ORDER BY at, id",
             (target, repository, tag),
         )
+
+    def tag_summary(self) -> dict[str, dict[str, Any]]:
+        """Per job: how many tags its last check found in each status (``copied``, ``skipped``,
+        ``failed``, ``deferred``), how many upstream no longer selects (``missing``), and since
+        when the oldest tag not in step has been so (``behind_since``)."""
+        rows = self._read(
+            "SELECT job, status, COUNT(*) AS n, MIN(behind_since) AS behind_since,"
+            " SUM(missing_since IS NOT NULL) AS missing FROM tags GROUP BY job, status"
+        )
+        summary: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            job = summary.setdefault(row["job"], {"missing": 0, "behind_since": None})
+            job[row["status"]] = row["n"]
+            job["missing"] += row["missing"] or 0
+            since = row["behind_since"]
+            if since is not None and (job["behind_since"] is None or since < job["behind_since"]):
+                job["behind_since"] = since
+        return summary
 
     def tag(self, target: str, repository: str, tag: str) -> dict[str, Any] | None:
         """One tag's last known state, or None when mirror has no record of it."""

@@ -148,3 +148,166 @@ def test_two_syncs_at_once_share_one_state_file(
     )
     assert all(r["outcome"] == "success" and r["tags_copied"] == 6 for r in state.runs())
     assert len(state.tags()) == 12
+
+
+def entries_config(
+    tmp_path: Path,
+    hub: HubRegistry,
+    local: RegistryProcess,
+    sources: list[str],
+    *,
+    entry: str = "",
+    daemon: str = "",
+) -> Path:
+    """A config with ``state`` in tmp_path, a [[mirrors]] entry per source (``entry`` added to
+    each) and ``daemon`` as its [daemon] table's lines."""
+    lines = [f'state = "{tmp_path / "state.db"}"', f'target = "{local.host}"']
+    lines += ["[daemon]", daemon, f'[registries."{hub.host}"]', f'username = "{HUB_USER}"']
+    lines += ['password_env = "HUB_PW"', "[defaults]", 'interval = "1h"']
+    for source in sources:
+        lines += ["[[mirrors]]", f'source = "{hub.host}/{source}"', entry]
+    path = tmp_path / "mirror.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def mirror(tmp_path: Path, config: Path, *args: str) -> Run:
+    return run_mirror(*args, "--config", str(config), home=tmp_path, env=HUB_ENV)
+
+
+def test_history_follows_a_moved_tag_across_runs_by_source_or_target_name(
+    tmp_path: Path, hub: HubRegistry, local: RegistryProcess, hub_pusher: Pusher, unique_repo: str
+) -> None:
+    first, second = (build_image("oci", seed=f"{unique_repo}:{n}") for n in (1, 2))
+    hub_pusher.push(unique_repo, first, "1.22")
+    config = entries_config(tmp_path, hub, local, [unique_repo])
+
+    runs = [mirror(tmp_path, config, "sync", "--all")]
+    runs.append(mirror(tmp_path, config, "sync", "--all"))
+    hub_pusher.push(unique_repo, second, "1.22")  # upstream moves the tag
+    runs.append(mirror(tmp_path, config, "sync", "--all"))
+    with Pusher(local.url) as by_hand:  # someone points the target back at the old build
+        by_hand.push(unique_repo, first, "1.22")
+    runs.append(mirror(tmp_path, config, "sync", "--all"))
+    assert [r.code for r in runs] == [0, 0, 0, 0], [r.describe() for r in runs]
+
+    source = mirror(tmp_path, config, "history", f"{hub.host}/{unique_repo}:1.22", "--json")
+    target = mirror(tmp_path, config, "history", f"{local.host}/{unique_repo}:1.22", "--json")
+
+    assert source.code == target.code == 0, source.describe()
+    assert source.report == target.report | {"reference": f"{hub.host}/{unique_repo}:1.22"}
+    [tag] = target.report["tags"]
+    assert tag["target"] == f"{local.host}/{unique_repo}:1.22"
+    assert tag["source"] == f"{hub.host}/{unique_repo}:1.22"
+    assert (tag["digest"], tag["written_by_mirror"], tag["status"]) == (
+        second.digest,
+        True,
+        "copied",
+    )
+    changes = [(c["from"], c["to"]) for c in tag["changes"]]
+    assert changes == [
+        (None, first.digest),
+        (first.digest, second.digest),  # the third run
+        (second.digest, first.digest),  # by hand, seen by the fourth run
+        (first.digest, second.digest),  # the fourth run put it right
+    ]
+    times = [c["at"] for c in tag["changes"]]
+    assert times == sorted(times) and all(t.endswith("Z") for t in times)
+    assert [c["run"] is not None for c in tag["changes"]] == [True] * 4
+
+    text = mirror(tmp_path, config, "history", f"{hub.host}/{unique_repo}:1.22")
+    assert text.code == 0 and text.stderr == ""
+    lines = text.stdout.splitlines()
+    assert lines[0] == f"{local.host}/{unique_repo}:1.22  from {hub.host}/{unique_repo}:1.22"
+    assert lines[1].endswith(f"{first.digest}  (first seen)")
+    assert lines[2].endswith(f"{first.digest} -> {second.digest}")
+
+
+def test_history_of_a_tag_nothing_checked_is_one_line(
+    tmp_path: Path, hub: HubRegistry, local: RegistryProcess
+) -> None:
+    config = entries_config(tmp_path, hub, local, [])
+
+    run = mirror(tmp_path, config, "history", "golang:1.22")
+    digest = mirror(tmp_path, config, "history", "golang@sha256:" + "a" * 64)
+
+    assert run.code == 1 and run.stdout == ""
+    [line] = run.error_lines()
+    assert line.startswith("mirror: error: history: nothing recorded for ")
+    assert "docker.io/library/golang:1.22" in line
+    assert not (tmp_path / "state.db").exists(), "looking creates no state"
+    assert digest.code == 2 and len(digest.error_lines()) == 1 and "digest" in digest.stderr
+
+
+def test_status_shows_each_entry_s_last_run_tags_and_next_run(
+    tmp_path: Path, hub: HubRegistry, local: RegistryProcess, hub_pusher: Pusher, unique_repo: str
+) -> None:
+    two_tags(hub_pusher, unique_repo)
+    missing = f"{unique_repo}-never-pushed"
+    config = entries_config(tmp_path, hub, local, [unique_repo, missing])
+    before = mirror(tmp_path, config, "status", "--json")
+
+    sync_all = mirror(tmp_path, config, "sync", "--all")
+    status = mirror(tmp_path, config, "status", "--json")
+    text = mirror(tmp_path, config, "status")
+
+    assert before.code == 0 and [e["last_run"] for e in before.report["entries"]] == [None] * 2
+    assert sync_all.code == 1
+    assert status.code == text.code == 1, "an entry's last run failed"
+    document = status.report
+    assert document["state"] == str(tmp_path / "state.db") and document["state_problem"] is None
+    good, bad = document["entries"]
+    assert good["entry"] == f"{hub.host}/{unique_repo} -> {local.host}/{unique_repo}"
+    assert good["configured"] is True and good["schedule"] == "every 1h"
+    run = good["last_run"]
+    assert (run["outcome"], run["tags_checked"], run["tags_copied"]) == ("success", 2, 2)
+    assert run["finished"] >= run["started"] and good["last_success"] == run["finished"]
+    assert good["tags"] == {
+        "in_sync": 2,
+        "behind": 0,
+        "failed": 0,
+        "deferred": 0,
+        "missing_upstream": 0,
+    }
+    assert good["behind_since"] is None
+    assert good["next_run"] > run["started"] and good["next_run_estimated"] is True
+    assert bad["last_run"]["outcome"] == "failed" and bad["last_success"] is None
+    assert bad["last_run"]["tags_failed"] == 1
+    assert bad["tags"]["behind"] == 0, "a repository that cannot be listed has no tags to count"
+    assert text.stdout.splitlines()[0] == f"{good['entry']}  (every 1h)"
+    assert "  last run      " in text.stdout and "2 in sync, 0 behind" in text.stdout
+
+
+def test_the_daemon_serves_the_status_with_its_own_next_runs(
+    tmp_path: Path, hub: HubRegistry, local: RegistryProcess, hub_pusher: Pusher, unique_repo: str
+) -> None:
+    from tests.integration.helpers import Daemon
+    from tests.support.registry import free_port
+
+    two_tags(hub_pusher, unique_repo)
+    port = free_port()
+    config = entries_config(
+        tmp_path,
+        hub,
+        local,
+        [unique_repo],
+        daemon=f'listen = "127.0.0.1:{port}"\njitter = "0s"',
+    )
+    daemon = Daemon(config, tmp_path, port)
+    try:
+        job = f"{hub.host}/{unique_repo} -> {local.host}/{unique_repo}"
+        daemon.wait_for("the first run", lambda: daemon.events("job run", job=job))
+
+        response = daemon.get("/status")
+
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        [entry] = response.json()["entries"]
+        assert entry["entry"] == job and entry["last_run"]["outcome"] == "success"
+        assert entry["tags"]["in_sync"] == 2
+        assert entry["next_run"] is not None and entry["next_run_estimated"] is False
+        assert entry["next_run"] > entry["last_run"]["started"]
+        cli = mirror(tmp_path, config, "status", "--json")
+        assert cli.code == 0 and cli.report["entries"][0]["last_run"] == entry["last_run"]
+    finally:
+        assert daemon.stop() == 0

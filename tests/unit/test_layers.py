@@ -39,12 +39,13 @@ LIBRARY = [
 ]
 APPLICATION = [
     "logs",
+    "output",  # words on a terminal; below records and prune, which print
     "config",
     "state",  # the record of runs and tags; never imported by the library
     "jobs",
+    "records",  # status and history, for the CLI and the daemon's /status
     "health",
     "daemon",
-    "output",
     "commands",
     "cli",
     "__main__",
