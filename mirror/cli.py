@@ -225,6 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
     _with_config(history)
     history.add_argument("--json", action="store_true", help="print the history as JSON")
 
+    prune = commands.add_parser(
+        "prune",
+        help="delete the tags mirror wrote that upstream removed (entries with prune set)",
+        description=(
+            'For every [[mirrors]] entry with prune = "deleted" or "unselected": delete from '
+            "the target the tags its runs wrote that upstream removed (or, with unselected, "
+            "no longer selects) for longer than prune_after. Never a tag mirror did not write, "
+            "nor one re-pointed since, nor a digest a kept tag shares; each kept tag is listed "
+            "with why. The registry frees the disk at its garbage collection. Exit 0 when "
+            "nothing failed, 1 when a delete failed or the registry refuses deletes, 2 when no "
+            "entry sets prune."
+        ),
+    )
+    _with_config(prune)
+    prune.add_argument(
+        "--dry-run", action="store_true", help="say what would be deleted; delete nothing"
+    )
+    prune.add_argument("--json", action="store_true", help="print the decisions as JSON")
+
     health = commands.add_parser(
         "healthcheck",
         help="exit 0 when the daemon here answers /healthz (a container's HEALTHCHECK)",
@@ -296,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
             return commands.config_command(args)
         if args.command == "healthcheck":
             return commands.healthcheck_command(args)
+        if args.command == "prune":
+            from mirror.prune import prune_command
+
+            return _until_signal(prune_command(args))
         if args.command in ("status", "history"):
             from mirror import records
 

@@ -31,6 +31,7 @@ from mirror.config import DEFAULT_INTERVAL_S, Config, MirrorEntry, load_config
 from mirror.errors import ConfigError, MirrorError
 from mirror.health import HealthServer, Metrics
 from mirror.jobs import Clients, JobResult, Outcome, run_entry
+from mirror.prune import log_result, prune_entry
 from mirror.records import status_document
 
 STARTUP_SPREAD_S = 5.0  # the start-up pass spreads its first runs over at most this long
@@ -263,6 +264,8 @@ class Daemon:
         self._running.add(task)
         try:
             result = await run_entry(entry, self.clients)
+            if entry.prune is not None and result.outcome != "failed":
+                log_result(await prune_entry(entry, self.clients))
         except Exception as exc:  # a bug, not a registry's doing: log it and carry on
             log.exception("job crashed", job=job_id, error=str(exc))
             self._outcomes[job_id] = "failed"

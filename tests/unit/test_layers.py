@@ -44,6 +44,7 @@ APPLICATION = [
     "state",  # the record of runs and tags; never imported by the library
     "jobs",
     "records",  # status and history, for the CLI and the daemon's /status
+    "prune",
     "health",
     "daemon",
     "commands",
