@@ -4,11 +4,12 @@ deleted is read back from the target and counted in its own access log."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from mirror.state import State
-from tests.integration.helpers import Daemon, Run, run_mirror
+from tests.integration.helpers import Daemon, Run, blob_path, run_mirror
 from tests.support.images import (
     Image,
     Pusher,
@@ -16,6 +17,7 @@ from tests.support.images import (
     build_index,
     list_tags,
     manifest_digest,
+    verify_same,
 )
 from tests.support.registry import RegistryProcess, free_port
 
@@ -106,6 +108,23 @@ def test_prune_deletes_only_an_upstream_deleted_tag_mirror_wrote_and_still_holds
 
     again = mirror(tmp_path, config, "prune", "--json")
     assert again.code == 0 and again.report["deleted"] == 0
+
+    # The disk is freed by the registry's garbage collection, as the README says: a plain one
+    # (no --delete-untagged) with the registry stopped.
+    [old_layer] = images["old"].layers
+    assert blob_path(local, old_layer.digest).exists()
+    local.stop()
+    collected = subprocess.run(
+        [str(local.binary), "garbage-collect", str(local.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    local.start()
+    assert collected.returncode == 0, collected.stderr
+    assert not blob_path(local, old_layer.digest).exists()
+    verify_same((upstream.url, None), (local.url, None), REPO, ["stays"])
+    assert manifest_digest(local.url, REPO, "pinned") == images["twin"].digest
 
 
 def test_a_digest_an_index_that_stays_lists_is_kept(
