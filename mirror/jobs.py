@@ -121,7 +121,7 @@ class Clients:
 def _warn_state(line: str) -> None:
     import structlog
 
-    structlog.get_logger("mirror").warning("state unavailable", problem=line)
+    structlog.get_logger("mirror").warning("state problem", problem=line)
 
 
 def tag_records(results: Iterable[TagResult]) -> list[TagRecord]:

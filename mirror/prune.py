@@ -26,7 +26,7 @@ from mirror.errors import ConfigError, MirrorError
 from mirror.jobs import Clients
 from mirror.manifest import INDEX_TYPES
 from mirror.output import error, warning
-from mirror.reference import Digest
+from mirror.reference import Digest, parse_reference
 from mirror.registry import Registry
 from mirror.selection import select
 from mirror.state import State
@@ -153,7 +153,7 @@ def _names_one_image(entry: MirrorEntry) -> bool:
     and namespaces, whose tags come and go)."""
     if entry.is_namespace:
         return False
-    source, _ = entry.endpoints("localhost")
+    source = parse_reference(entry.source)
     return source.tag is not None or source.digest is not None
 
 

@@ -311,3 +311,28 @@ def test_the_daemon_serves_the_status_with_its_own_next_runs(
         assert cli.code == 0 and cli.report["entries"][0]["last_run"] == entry["last_run"]
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_daemon_sets_a_corrupt_state_aside_with_one_log_line_and_copies(
+    tmp_path: Path, hub: HubRegistry, local: RegistryProcess, hub_pusher: Pusher, unique_repo: str
+) -> None:
+    from tests.integration.helpers import Daemon
+    from tests.support.registry import free_port
+
+    two_tags(hub_pusher, unique_repo)
+    (tmp_path / "state.db").write_bytes(b"not a database at all" * 500)
+    port = free_port()
+    config = entries_config(
+        tmp_path, hub, local, [unique_repo], daemon=f'listen = "127.0.0.1:{port}"\njitter = "0s"'
+    )
+    daemon = Daemon(config, tmp_path, port)
+    try:
+        job = f"{hub.host}/{unique_repo} -> {local.host}/{unique_repo}"
+        [run] = daemon.wait_for("the first run", lambda: daemon.events("job run", job=job))
+    finally:
+        assert daemon.stop() == 0
+    [warning] = [e for e in daemon.events() if e.get("level") == "warning"]
+    assert warning["event"] == "state problem" and "set aside" in warning["problem"]
+    assert run["outcome"] == "success" and run["tags_copied"] == 2
+    assert len(list(tmp_path.glob("state.db.corrupt-*"))) == 1
+    assert State(tmp_path / "state.db").runs(job)[0]["outcome"] == "success"
