@@ -242,3 +242,60 @@ def test_the_daemon_prunes_at_the_end_of_a_run_what_the_rules_no_longer_select(
     assert "not selected by the rules" in pruned["reason"]
     assert summary[0]["deleted"] == 1
     assert sorted(list_tags(local.url, REPO)) == ["1.1.0", "1.2.0"]
+
+
+def test_a_namespace_entry_prunes_in_each_of_its_repositories(
+    tmp_path: Path, make_registry: Callable[..., RegistryProcess], local: RegistryProcess
+) -> None:
+    upstream = make_registry()
+    built = {(repo, tag): image(f"{repo}:{tag}") for repo in ("ns/a", "ns/b") for tag in "12"}
+    with Pusher(upstream.url) as up:
+        for (repo, tag), one in built.items():
+            up.push(repo, one, tag)
+    config = tmp_path / "mirror.toml"
+    config.write_text(
+        f'state = "{tmp_path / "state.db"}"\ntarget = "{local.host}"\n'
+        f'[[mirrors]]\nsource = "{upstream.host}/ns/*"\ntarget = "{local.host}/copy/*"\n'
+        'prune = "deleted"\nprune_after = "0s"\n'
+    )
+    assert mirror(tmp_path, config, "sync", "--all").code == 0
+    with Pusher(upstream.url) as up:
+        up.delete_manifest("ns/b", built[("ns/b", "2")].digest)
+
+    mark = local.log_mark()
+    run = mirror(tmp_path, config, "prune", "--json")
+
+    assert run.code == 0, run.describe()
+    gone = built[("ns/b", "2")].digest
+    assert deletes(local, mark) == [f"/v2/copy/b/manifests/{gone}"]
+    assert sorted(list_tags(local.url, "copy/a")) == ["1", "2"]
+    assert sorted(list_tags(local.url, "copy/b")) == ["1"]
+    [entry] = run.report["entries"]
+    assert entry["entry"] == f"{upstream.host}/ns/* -> {local.host}/copy/*"
+    assert [(t["target"], t["action"]) for t in entry["tags"]] == [
+        (f"{local.host}/copy/b:2", "deleted")
+    ]
+
+
+def test_prune_deleted_keeps_a_tag_upstream_still_has_but_the_rules_left(
+    tmp_path: Path, make_registry: Callable[..., RegistryProcess], local: RegistryProcess
+) -> None:
+    upstream = make_registry()
+    with Pusher(upstream.url) as up:
+        up.push(REPO, image("v1"), "1.0.0")
+    entry = 'prune = "deleted"\nprune_after = "0s"\ntags = { newest = 1 }'
+    config = prune_config(tmp_path, upstream, local, entry=entry)
+    assert mirror(tmp_path, config, "sync", "--all").code == 0
+    with Pusher(upstream.url) as up:
+        up.push(REPO, image("v2"), "2.0.0")  # 1.0.0 is past newest = 1 now, still upstream
+    assert mirror(tmp_path, config, "sync", "--all").code == 0
+
+    mark = local.log_mark()
+    run = mirror(tmp_path, config, "prune", "--json")
+
+    assert run.code == 0 and deletes(local, mark) == []
+    [tag] = run.report["entries"][0]["tags"]
+    assert (tag["target"], tag["action"]) == (f"{local.host}/{REPO}:1.0.0", "kept")
+    assert 'prune = "deleted" keeps tags upstream has' in tag["reason"]
+    status = mirror(tmp_path, config, "status", "--json")
+    assert status.report["entries"][0]["tags"]["missing_upstream"] == 1
