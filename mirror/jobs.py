@@ -153,7 +153,8 @@ def tag_records(results: Iterable[TagResult]) -> list[TagRecord]:
 
 
 def outcome_of(checked: int, failed: int, error: str | None = None) -> Outcome:
-    """``failed`` when nothing could be checked, ``partial`` when some tags failed."""
+    """``failed`` when nothing could be checked, ``partial`` when some tags failed (the rule
+    ``run_entry`` applies, for runs of ``mirror sync REF``)."""
     if error is not None or (failed and failed == checked):
         return "failed"
     return "partial" if failed else "success"
@@ -360,7 +361,12 @@ async def run_entry(
         else:
             fields["error" if tag.status == "failed" else "reason"] = tag.error
         getattr(log, level)(event, **fields)
-    outcome = outcome_of(report.tags_checked, report.tags_failed, error)
+    if error is not None or (report.tags_failed and report.tags_failed == report.tags_checked):
+        outcome: Outcome = "failed"
+    elif report.tags_failed:
+        outcome = "partial"
+    else:
+        outcome = "success"
     if not dry_run:
         counts = {
             "tags_checked": report.tags_checked,
