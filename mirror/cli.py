@@ -223,6 +223,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _with_logging(run)
 
+    status = commands.add_parser(
+        "status",
+        help="what the state recorded: each entry's last run, tags behind, next run",
+        description=(
+            "Per [[mirrors]] entry (and any other job recorded, such as a `mirror sync REF`): "
+            "the last run and its outcome, its tags in sync / behind / failed / deferred as "
+            "the last check found them, the last success and the next run (estimated from the "
+            "schedule; a running daemon serves the exact one at GET /status). Exit 0 when "
+            "every entry's last run succeeded or none has run, 1 when one failed or partly "
+            "failed or the state cannot be read."
+        ),
+    )
+    _with_config(status)
+    status.add_argument("--json", action="store_true", help="print the status as one JSON object")
+
+    history = commands.add_parser(
+        "history",
+        help="every digest change of a tag, with times",
+        description=(
+            "Every digest a tag pointed at on the target, with when it changed, as recorded by "
+            "runs. REF is the source as written (golang:1.22: each target it is copied to) or "
+            "the target (registry.local:5000/library/golang:1.22). Exit 1 with one line when "
+            "nothing is recorded for it."
+        ),
+    )
+    history.add_argument("ref", metavar="REF", help="a tag: golang:1.22, or the target's")
+    _with_config(history)
+    history.add_argument("--json", action="store_true", help="print the history as JSON")
+
+    prune = commands.add_parser(
+        "prune",
+        help="delete the tags mirror wrote that upstream removed (entries with prune set)",
+        description=(
+            'For every [[mirrors]] entry with prune = "deleted" or "unselected": delete from '
+            "the target the tags its runs wrote that upstream removed (or, with unselected, "
+            "no longer selects) for longer than prune_after. Never a tag mirror did not write, "
+            "nor one re-pointed since, nor a digest a kept tag shares; each kept tag is listed "
+            "with why. The registry frees the disk at its garbage collection. Exit 0 when "
+            "nothing failed, 1 when a delete failed or the registry refuses deletes, 2 when no "
+            "entry sets prune."
+        ),
+    )
+    _with_config(prune)
+    prune.add_argument(
+        "--dry-run", action="store_true", help="say what would be deleted; delete nothing"
+    )
+    prune.add_argument("--json", action="store_true", help="print the decisions as JSON")
+
     health = commands.add_parser(
         "healthcheck",
         help="exit 0 when the daemon here answers /healthz (a container's HEALTHCHECK)",
@@ -312,6 +360,17 @@ def main(argv: list[str] | None = None) -> int:
             return commands.config_command(args)
         if args.command == "healthcheck":
             return commands.healthcheck_command(args)
+        if args.command == "prune":
+            from mirror.prune import prune_command
+
+            return _until_signal(prune_command(args))
+        if args.command in ("status", "history"):
+            from mirror import records
+
+            command = (
+                records.status_command if args.command == "status" else records.history_command
+            )
+            return command(args)
     except MirrorError as exc:
         error(str(exc))
         return EXIT_USAGE

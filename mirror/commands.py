@@ -17,7 +17,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from mirror.output import ProgressDisplay, error, print_report, size
+from mirror.output import ProgressDisplay, error, print_report, size, warning
 
 if TYPE_CHECKING:
     from mirror.jobs import SyncRequest
@@ -66,7 +66,7 @@ async def sync_command(args: argparse.Namespace) -> int:
     from mirror.config import config_path, load_config
     from mirror.copy import Copier
     from mirror.errors import MirrorError
-    from mirror.jobs import Clients, check_bundle, sync
+    from mirror.jobs import Clients, check_bundle, counts_of, outcome_of, record_run, sync
     from mirror.layout import Layout
     from mirror.manifest import Platform
     from mirror.reference import is_namespace
@@ -86,7 +86,7 @@ async def sync_command(args: argparse.Namespace) -> int:
         raise MirrorError("--concurrency must be at least 1")
 
     started = time.monotonic()
-    clients = Clients(config)
+    clients = Clients(config, state_warning=warning)
     report = CopyReport(dry_run=args.dry_run)
     show_progress = sys.stderr.isatty() and not args.json and not args.quiet
     display = ProgressDisplay() if show_progress else None
@@ -136,10 +136,19 @@ async def sync_command(args: argparse.Namespace) -> int:
         for pair, copier in copiers.items():
             if display:
                 display.start()
+
+            async def one(request: SyncRequest, copier: Copier = copier) -> None:
+                # Recorded like an entry's run; the job is named as an entry's would be.
+                job = f"{request.source} -> {request.target.name}"
+                run = None if args.dry_run else clients.state.start_run(job)
+                results = await sync(copier, request, rules=rules, immutable=immutable)
+                if not args.dry_run:
+                    counts = counts_of(results)
+                    outcome = outcome_of(counts["tags_checked"], counts["tags_failed"])
+                    record_run(clients.state, run, job, results, counts, outcome, None)
+
             try:
-                await asyncio.gather(
-                    *(sync(copier, r, rules=rules, immutable=immutable) for r in batch_of(pair))
-                )
+                await asyncio.gather(*(one(r) for r in batch_of(pair)))
             finally:
                 if display:
                     display.stop()

@@ -84,6 +84,10 @@ def check_cron(expression: str) -> str:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 DurationOrZero = Annotated[float, BeforeValidator(lambda v: parse_duration(v, allow_zero=True))]
 Cron = Annotated[str, BeforeValidator(lambda v: check_cron(v) if isinstance(v, str) else v)]
+# "deleted": tags upstream removed; "unselected": those too, and tags the rules no longer
+# select (past `newest`, out of `versions`). Only tags mirror wrote, still as it wrote them.
+PruneMode = Literal["deleted", "unselected"]
+DEFAULT_PRUNE_AFTER_S = 7 * 86400  # a week: an upstream mistake is usually undone by then
 
 
 class RegistrySettings(BaseModel):
@@ -190,6 +194,8 @@ class EntryDefaults(BaseModel):
     tags: TagSettings | None = None
     platforms: Platforms | None = None
     flatten: bool | None = None
+    prune: PruneMode | None = None
+    prune_after: DurationOrZero | None = None
 
     @model_validator(mode="after")
     def _one_schedule(self) -> EntryDefaults:
@@ -215,6 +221,12 @@ class MirrorEntry(BaseModel):
     tags: TagSettings = Field(default_factory=TagSettings)
     platforms: Platforms = Field(default_factory=list)
     flatten: bool = False
+    prune: PruneMode | None = Field(
+        default=None, description="delete tags mirror wrote that upstream no longer selects"
+    )
+    prune_after: DurationOrZero = Field(
+        default=DEFAULT_PRUNE_AFTER_S, description="grace from when a tag was first seen gone"
+    )
 
     def platform_list(self) -> list[Platform]:
         return [Platform.parse(p) for p in self.platforms]

@@ -148,6 +148,9 @@ class Copier:
             source=_display(self.source.name, source_repo, reference),
             target=_display(self.target.name, target_repo, target_reference),
             status="failed",
+            target_registry=self.target.name,
+            target_repository=target_repo,
+            target_tag=None if ":" in target_reference else target_reference,
         )
         try:
             plan = await self._planner.plan(

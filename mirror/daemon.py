@@ -31,6 +31,8 @@ from mirror.config import DEFAULT_INTERVAL_S, Config, MirrorEntry, load_config
 from mirror.errors import ConfigError, MirrorError
 from mirror.health import HealthServer, Metrics
 from mirror.jobs import Clients, JobResult, Outcome, run_entry
+from mirror.prune import log_result, prune_entry
+from mirror.records import status_document
 
 STARTUP_SPREAD_S = 5.0  # the start-up pass spreads its first runs over at most this long
 MIN_WATCHDOG_PING_S = 0.5  # systemd's WatchdogSec= is whole seconds or more in practice
@@ -107,6 +109,7 @@ class Daemon:
             self.metrics,
             alive=self._alive,
             ready=self._ready,
+            status=self._status,
         )
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -261,6 +264,8 @@ class Daemon:
         self._running.add(task)
         try:
             result = await run_entry(entry, self.clients)
+            if entry.prune is not None and result.outcome != "failed":
+                log_result(await prune_entry(entry, self.clients))
         except Exception as exc:  # a bug, not a registry's doing: log it and carry on
             log.exception("job crashed", job=job_id, error=str(exc))
             self._outcomes[job_id] = "failed"
@@ -288,6 +293,18 @@ class Daemon:
         if self._scheduler.running and not self._stop.is_set():
             return True, "ok"
         return False, "scheduler not running"
+
+    def _status(self) -> dict[str, Any]:
+        """``GET /status``: ``mirror status --json`` for this daemon's entries, with the
+        scheduler's own next run times."""
+        next_runs: dict[str, float | None] = {}
+        for job_id in self._entries:
+            job = self._scheduler.get_job(job_id)
+            upcoming = getattr(job, "next_run_time", None)
+            next_runs[job_id] = upcoming.timestamp() if upcoming is not None else None
+        return status_document(
+            self.config, self.clients.state, entries=self._entries.values(), next_runs=next_runs
+        )
 
     def _ready(self) -> tuple[bool, str]:
         """Ready while the scheduler runs a config that loaded. Not "every job succeeded": one

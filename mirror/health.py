@@ -1,17 +1,18 @@
 """What the daemon shows the outside: Prometheus metrics and the health endpoint.
 
 Owns the metric definitions (``prometheus-client``, one registry per daemon) and a small
-asyncio HTTP server for ``/healthz``, ``/readyz`` and ``/metrics``. Does not decide health: the
-daemon passes in the checks. Kept apart from ``daemon`` because it is the one module that
-speaks HTTP as a server.
+asyncio HTTP server for ``/healthz``, ``/readyz``, ``/metrics`` and ``/status`` (JSON). Does not
+decide health nor compose the status: the daemon passes in the checks and the document. Kept
+apart from ``daemon`` because it is the one module that speaks HTTP as a server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import (
@@ -33,6 +34,7 @@ REQUEST_TIMEOUT_S = 5.0
 DURATION_BUCKETS_S = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600)
 
 Check = Callable[[], tuple[bool, str]]
+StatusDocument = Callable[[], dict[str, Any]]
 log = structlog.get_logger("mirror")
 
 
@@ -179,14 +181,25 @@ class Metrics:
 
 
 class HealthServer:
-    """``GET /healthz`` (alive), ``/readyz`` (ready) and ``/metrics`` on one address.
+    """``GET /healthz`` (alive), ``/readyz`` (ready), ``/metrics`` and ``/status`` (what
+    ``mirror status --json`` prints, with the scheduler's next runs) on one address.
 
     Plain HTTP/1.1, one request per connection: probes and Prometheus scrapes need no more.
     """
 
-    def __init__(self, host: str, port: int, metrics: Metrics, *, alive: Check, ready: Check):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        *,
+        alive: Check,
+        ready: Check,
+        status: StatusDocument | None = None,
+    ):
         self.host, self.port = host, port
         self._metrics = metrics
+        self._status = status
         self._checks = {"/healthz": alive, "/readyz": ready}
         self._server: asyncio.Server | None = None
 
@@ -226,9 +239,12 @@ class HealthServer:
         path = path.split("?", 1)[0]
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, self._metrics.render()
+        if path == "/status" and self._status is not None:
+            body = json.dumps(self._status()).encode() + b"\n"
+            return 200, "application/json", body
         check = self._checks.get(path)
         if check is None:
-            return 404, "text/plain", b"not found: try /healthz, /readyz or /metrics\n"
+            return 404, "text/plain", b"not found: try /healthz, /readyz, /metrics or /status\n"
         ok, detail = check()
         return (200 if ok else 503), "text/plain", (detail.rstrip("\n") + "\n").encode()
 

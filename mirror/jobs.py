@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -34,7 +34,7 @@ from mirror.selection import (
     newest_first,
     select,
 )
-from mirror.state import State, default_path
+from mirror.state import State, TagRecord, resolve_path
 
 REPOSITORIES_IN_FLIGHT = 4  # a namespace entry syncs this many repositories at once
 EVERY_TAG = TagRules()
@@ -59,9 +59,17 @@ class Clients:
     own ``config.json`` (what ``docker login`` left), looked up at the registry's first 401.
     """
 
-    def __init__(self, config: Config, **registry_options: Any) -> None:
-        """``registry_options`` go to every ``Registry`` (tests pass ``transport``, ``sleep``)."""
+    def __init__(
+        self,
+        config: Config,
+        *,
+        state_warning: Callable[[str], None] | None = None,
+        **registry_options: Any,
+    ) -> None:
+        """``registry_options`` go to every ``Registry`` (tests pass ``transport``, ``sleep``);
+        ``state_warning`` tells of a state problem (default: a log line)."""
         self.config = config
+        self._state_warning = state_warning or _warn_state
         self._options = registry_options
         self._clients: dict[str, Registry | Layout] = {}
         self.flattened: dict[Any, Any] = {}  # index digest -> the image a flatten took
@@ -72,9 +80,8 @@ class Clients:
         """The state database the config names (or the default one), opened at first use, so
         commands that record nothing never create it. Problems are one warning line each."""
         if self._state is None:
-            setting = self.config.state
-            path = Path(setting).expanduser() if setting else default_path()
-            self._state = State(path, warn=_warn_state)
+            path = resolve_path(self.config.state)
+            self._state = State(path, warn=self._state_warning)
         return self._state
 
     def get(self, name: str) -> Registry | Layout:
@@ -120,7 +127,73 @@ class Clients:
 def _warn_state(line: str) -> None:
     import structlog
 
-    structlog.get_logger("mirror").warning("state unavailable", problem=line)
+    structlog.get_logger("mirror").warning("state problem", problem=line)
+
+
+def tag_records(results: Iterable[TagResult]) -> list[TagRecord]:
+    """What a run's results leave in the state: one record per tag checked. A digest copied
+    without a tag, a failure to list tags and a dry run's plans are not tags' states."""
+    records = []
+    for r in results:
+        if r.target_tag is None or r.target_registry is None or r.target_repository is None:
+            continue
+        if r.status == "planned":
+            continue
+        in_step = r.status in ("copied", "skipped")
+        records.append(
+            TagRecord(
+                target=r.target_registry,
+                repository=r.target_repository,
+                tag=r.target_tag,
+                source=r.source,
+                status=r.status,
+                source_digest=(r.source_digest or r.digest) if in_step else None,
+                target_digest=r.digest if in_step else None,
+                previous=r.previous,
+                bytes=r.bytes_missing if r.status == "copied" else 0,
+                pulls=r.pulls,
+                error=r.error,
+            )
+        )
+    return records
+
+
+def outcome_of(checked: int, failed: int, error: str | None = None) -> Outcome:
+    """``failed`` when nothing could be checked, ``partial`` when some tags failed (the rule
+    ``run_entry`` applies, for runs of ``mirror sync REF``)."""
+    if error is not None or (failed and failed == checked):
+        return "failed"
+    return "partial" if failed else "success"
+
+
+def counts_of(results: Iterable[TagResult]) -> dict[str, int]:
+    """A run's counts (the state's ``runs`` columns) from its tags' results."""
+    results = list(results)
+    statuses = [r.status for r in results]
+    return {
+        "tags_checked": len(results),
+        "tags_copied": statuses.count("copied"),
+        "tags_skipped": statuses.count("skipped"),
+        "tags_failed": statuses.count("failed"),
+        "tags_deferred": statuses.count("deferred"),
+        "blobs_copied": sum(r.blobs_missing for r in results if r.status == "copied"),
+        "bytes": sum(r.bytes_missing for r in results if r.status == "copied"),
+        "pulls": sum(r.pulls for r in results),
+    }
+
+
+def record_run(
+    state: State,
+    run: int | None,
+    job: str,
+    results: Iterable[TagResult],
+    counts: Mapping[str, int],
+    outcome: Outcome,
+    error: str | None,
+) -> None:
+    """Leave a finished run and its tags in the state (a record only: never raises)."""
+    state.record_tags(run, job, tag_records(results))
+    state.finish_run(run, outcome, counts, error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +340,7 @@ async def run_entry(
             target = resolve_target(target, to)
         source_registry, target_registry = source.registry, target.registry
     report = CopyReport(dry_run=dry_run)
+    run = None if dry_run else clients.state.start_run(job)
     started = time.monotonic()
     error = None
     try:
@@ -334,6 +408,18 @@ async def run_entry(
         outcome = "partial"
     else:
         outcome = "success"
+    if not dry_run:
+        counts = {
+            "tags_checked": report.tags_checked,
+            "tags_copied": report.tags_copied,
+            "tags_skipped": report.tags_skipped,
+            "tags_failed": report.tags_failed,
+            "tags_deferred": report.tags_deferred,
+            "blobs_copied": report.blobs_copied,
+            "bytes": report.bytes_copied,
+            "pulls": report.upstream_manifest_gets,
+        }
+        record_run(clients.state, run, job, report.tags, counts, outcome, error)
     result = JobResult(job, source_registry, outcome, report, seconds, error=error)
     log_method = {"success": log.info, "partial": log.warning, "failed": log.error}[outcome]
     log_method(

@@ -213,6 +213,24 @@ class Layout:
                 await self._tag(repository, reference, manifest)
         return manifest.digest
 
+    async def delete_manifest(self, repository: str, digest: Digest) -> bool:
+        """Drop every ``index.json`` entry naming ``digest`` (its tags); the blobs stay, as a
+        registry keeps them until garbage collection."""
+        async with self._locks[repository]:
+            entries = await self._index(repository)
+            if entries is None:
+                return False
+            kept = [e for e in entries if e.get("digest") != str(digest)]
+            if len(kept) == len(entries):
+                return False
+            await self._write_index(repository, kept)
+        return True
+
+    async def _write_index(self, repository: str, entries: list[dict[str, Any]]) -> None:
+        path = self._dir(repository) / INDEX_FILE
+        document = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+        await asyncio.to_thread(write_atomic, path, json.dumps(document, indent=1).encode())
+
     async def _tag(self, repository: str, tag: str, manifest: Manifest) -> None:
         entries = list(await self._index(repository) or [])
         entry = {
@@ -224,10 +242,7 @@ class Layout:
         old = _tagged(entries, tag)
         if old is not None and all(old.get(k) == entry[k] for k in ("mediaType", "digest", "size")):
             return  # already so: write nothing
-        entries = [e for e in entries if _tag_of(e) != tag] + [entry]
-        path = self._dir(repository) / INDEX_FILE
-        document = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
-        await asyncio.to_thread(write_atomic, path, json.dumps(document, indent=1).encode())
+        await self._write_index(repository, [e for e in entries if _tag_of(e) != tag] + [entry])
 
     async def mount_blob(self, repository: str, digest: Digest, source: str) -> MountResult:
         """Link the blob from wherever DIR holds it (``source`` first): stored once. Without

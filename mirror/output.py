@@ -61,6 +61,12 @@ def error(message: str) -> None:
     print(f"{journal_prefix(sys.stderr, 'error')}mirror: error: {message}", file=sys.stderr)
 
 
+def warning(message: str) -> None:
+    from mirror.logs import journal_prefix
+
+    print(f"{journal_prefix(sys.stderr, 'warning')}mirror: warning: {message}", file=sys.stderr)
+
+
 class ProgressDisplay:
     """Progress bars on a terminal (rich), one per blob in flight and one for the total."""
 

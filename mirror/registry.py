@@ -189,6 +189,20 @@ class Registry:
         await self._check(response, what=what)
         return manifest.digest
 
+    async def delete_manifest(self, repository: str, digest: Digest) -> bool:
+        """DELETE a manifest by digest; False when it was not there.
+
+        distribution deletes by digest only, and every tag on that digest goes with it; with
+        ``storage.delete.enabled`` off it answers 405 ``UNSUPPORTED`` (raised, as any refusal).
+        The blobs stay until the registry's garbage collection runs.
+        """
+        what = f"manifest {repository}@{digest}"
+        response = await self._retrying("DELETE", f"/v2/{repository}/manifests/{digest}", what=what)
+        if response.status_code == 404:
+            return False
+        await self._check(response, what=what)
+        return True
+
     async def blob_exists(self, repository: str, digest: Digest) -> bool:
         """HEAD a blob: whether ``repository`` already holds it."""
         what = f"blob {digest} in {repository}"

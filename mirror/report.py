@@ -38,6 +38,11 @@ class TagResult:
     pulls: int = 0  # upstream manifest GETs this tag cost (or, in a dry run, will cost)
     previous: str | None = None  # the target tag's digest before this run (None: no such tag)
     error: str | None = None  # why it failed, or why it was deferred
+    # Where it went, as values (``target`` is for people): registry, repository, and the tag
+    # (None when the target reference is a digest, or nothing was copied: a listing failed).
+    target_registry: str | None = None
+    target_repository: str | None = None
+    target_tag: str | None = None
 
 
 @dataclass(slots=True)

@@ -61,6 +61,8 @@ MIGRATIONS: tuple[str, ...] = (
         behind_since REAL,         -- first failed/deferred check since it was last in sync
         written_digest TEXT,       -- the digest mirror itself last wrote under this tag
         written REAL,
+        missing_since REAL,        -- first seen gone upstream or unselected (prune's grace)
+        missing_reason TEXT,       -- deleted | unselected; NULL while upstream selects it
         bytes INTEGER NOT NULL DEFAULT 0,
         pulls INTEGER NOT NULL DEFAULT 0,
         error TEXT,
@@ -75,7 +77,7 @@ MIGRATIONS: tuple[str, ...] = (
         tag TEXT NOT NULL,
         at REAL NOT NULL,
         old_digest TEXT,
-        new_digest TEXT NOT NULL,
+        new_digest TEXT,           -- NULL: the tag was deleted (pruned)
         run INTEGER
     );
     CREATE INDEX changes_tag ON changes (target, repository, tag, at);
@@ -108,6 +110,11 @@ def default_path(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(base).expanduser() / "mirror" / FILENAME
 
 
+def resolve_path(setting: str | None, environ: Mapping[str, str] = os.environ) -> Path:
+    """The database file: the config's ``state`` (``~`` expanded), else ``default_path``."""
+    return Path(setting).expanduser() if setting else default_path(environ)
+
+
 @dataclass(frozen=True, slots=True)
 class TagRecord:
     """One tag a run checked, as the state keeps it (see ``State.record_tags``)."""
@@ -119,6 +126,7 @@ class TagRecord:
     status: str  # copied | skipped | failed | deferred
     source_digest: str | None = None
     target_digest: str | None = None  # what the tag points at now (None: unknown/absent)
+    previous: str | None = None  # what it pointed at before the run (None: unknown/absent)
     bytes: int = 0
     pulls: int = 0
     error: str | None = None
@@ -227,28 +235,23 @@ class State:
                     " FROM tags WHERE target = ? AND repository = ? AND tag = ?",
                     (r.target, r.repository, r.tag),
                 ).fetchone()
-                digest = r.target_digest if r.target_digest is not None else (old and old[0])
+                known = old[0] if old else None
+                changed = old[4] if old else None
                 in_step = r.status in ("copied", "skipped")
                 behind_since = None if in_step else (old[1] if old and old[1] else now)
                 written_digest, written = (old[2], old[3]) if old else (None, None)
                 if r.status == "copied":
                     written_digest, written = r.target_digest, now
-                changed = old[4] if old else None
-                if r.target_digest is not None and (old is None or old[0] != r.target_digest):
-                    changed = now
-                    db.execute(
-                        "INSERT INTO changes (target, repository, tag, at, old_digest,"
-                        " new_digest, run) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            r.target,
-                            r.repository,
-                            r.tag,
-                            now,
-                            old[0] if old else None,
-                            r.target_digest,
-                            run,
-                        ),
-                    )
+                # What the target held before this run differs from what was last seen: it
+                # was pushed or re-pointed by someone else in between; that is history too.
+                for new in (r.previous, r.target_digest):
+                    if new is not None and new != known:
+                        db.execute(
+                            "INSERT INTO changes (target, repository, tag, at, old_digest,"
+                            " new_digest, run) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (r.target, r.repository, r.tag, now, known, new, run),
+                        )
+                        known, changed = new, now
                 db.execute(
                     "INSERT OR REPLACE INTO tags (target, repository, tag, job, source,"
                     " source_digest, target_digest, status, checked, changed, behind_since,"
@@ -261,7 +264,7 @@ class State:
                         job,
                         r.source,
                         r.source_digest,
-                        digest,
+                        known,
                         r.status,
                         now,
                         changed,
@@ -289,6 +292,83 @@ class State:
             " WHERE target = ? AND repository = ? AND tag = ? ORDER BY at, id",
             (target, repository, tag),
         )
+
+    def tag_summary(self) -> dict[str, dict[str, Any]]:
+        """Per job: how many tags its last check found in each status (``copied``, ``skipped``,
+        ``failed``, ``deferred``), how many upstream no longer selects (``missing``), and since
+        when the oldest tag not in step has been so (``behind_since``)."""
+        rows = self._read(
+            "SELECT job, status, COUNT(*) AS n, MIN(behind_since) AS behind_since,"
+            " SUM(missing_since IS NOT NULL) AS missing FROM tags GROUP BY job, status"
+        )
+        summary: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            job = summary.setdefault(row["job"], {"missing": 0, "behind_since": None})
+            job[row["status"]] = row["n"]
+            job["missing"] += row["missing"] or 0
+            since = row["behind_since"]
+            if since is not None and (job["behind_since"] is None or since < job["behind_since"]):
+                job["behind_since"] = since
+        return summary
+
+    def tag(self, target: str, repository: str, tag: str) -> dict[str, Any] | None:
+        """One tag's last known state, or None when mirror has no record of it."""
+        rows = self._read(
+            "SELECT * FROM tags WHERE target = ? AND repository = ? AND tag = ?",
+            (target, repository, tag),
+        )
+        return rows[0] if rows else None
+
+    def tags_from(self, source: str) -> list[dict[str, Any]]:
+        """The tags copied from ``source`` (``registry/repository:tag``), on every target."""
+        return self._read(
+            "SELECT * FROM tags WHERE source = ? ORDER BY target, repository, tag", (source,)
+        )
+
+    def mark_missing(self, target: str, repository: str, tag: str, reason: str) -> float | None:
+        """Note that upstream no longer has (``deleted``) or the rules no longer select
+        (``unselected``) this tag; when that was first seen (prune's grace runs from there)."""
+
+        def write(db: sqlite3.Connection) -> float | None:
+            db.execute(
+                "UPDATE tags SET missing_since = COALESCE(missing_since, ?), missing_reason = ?"
+                " WHERE target = ? AND repository = ? AND tag = ?",
+                (self._clock(), reason, target, repository, tag),
+            )
+            row = db.execute(
+                "SELECT missing_since FROM tags WHERE target = ? AND repository = ? AND tag = ?",
+                (target, repository, tag),
+            ).fetchone()
+            return float(row[0]) if row and row[0] is not None else None
+
+        return self._write(write)
+
+    def clear_missing(self, target: str, repository: str, tag: str) -> None:
+        """Upstream selects the tag again: its grace period starts over if it goes again."""
+        self._write(
+            lambda db: db.execute(
+                "UPDATE tags SET missing_since = NULL, missing_reason = NULL"
+                " WHERE target = ? AND repository = ? AND tag = ? AND missing_since IS NOT NULL",
+                (target, repository, tag),
+            )
+        )
+
+    def record_pruned(self, target: str, repository: str, tag: str, digest: str) -> None:
+        """Prune deleted the tag (it pointed at ``digest``): one history row, no tag record."""
+        at = self._clock()
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO changes (target, repository, tag, at, old_digest, new_digest)"
+                " VALUES (?, ?, ?, ?, ?, NULL)",
+                (target, repository, tag, at, digest),
+            )
+            db.execute(
+                "DELETE FROM tags WHERE target = ? AND repository = ? AND tag = ?",
+                (target, repository, tag),
+            )
+
+        self._write(write)
 
     def forget_tag(self, target: str, repository: str, tag: str) -> None:
         """Drop a tag's record (it was pruned); its history stays."""

@@ -1,9 +1,10 @@
 """The seam between the copy engine and where images live: the ``Store`` interface.
 
 Owns the verbs the engine needs of a source or a target (HEAD/GET/PUT a manifest, ask for, read,
-upload or mount a blob, list tags) and the small values they return. ``mirror.registry``
-implements it over the distribution API; another store (an OCI image layout on disk) only has
-to implement these to be copied from and to. Declares, implements nothing.
+upload or mount a blob, list tags; and prune's DELETE of a manifest) and the small values they
+return. ``mirror.registry`` implements it over the distribution API; another store (an OCI
+image layout on disk) only has to implement these to be copied from and to. Declares,
+implements nothing.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class Store(Protocol):
 
     async def put_manifest(self, repository: str, reference: str, manifest: Manifest) -> Digest:
         """Store a manifest's original bytes under a tag or its digest."""
+        ...
+
+    async def delete_manifest(self, repository: str, digest: Digest) -> bool:
+        """Delete a manifest by digest, with every tag on it; False when it was not there."""
         ...
 
     async def blob_exists(self, repository: str, digest: Digest) -> bool: ...

@@ -115,11 +115,18 @@ class Run:
 
 def user_environment(home: Path, env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment a user's ``mirror`` runs with: this one without MIRROR_* and DOCKER_*
-    settings, HOME and DOCKER_CONFIG in a throwaway directory, then ``env``."""
+    settings, HOME, DOCKER_CONFIG and the state directory in a throwaway directory, then
+    ``env``."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("MIRROR_", "DOCKER_"))}
     environment.update(
-        HOME=str(home), DOCKER_CONFIG=str(home / ".docker"), PYTHONUNBUFFERED="1", **(env or {})
+        HOME=str(home),
+        DOCKER_CONFIG=str(home / ".docker"),
+        # The state database goes in the throwaway home too, not the machine's /var/lib/mirror
+        # (tests run as root), unless the config or ``env`` says otherwise.
+        STATE_DIRECTORY=str(home / ".local/state/mirror"),
+        PYTHONUNBUFFERED="1",
     )
+    environment.update(env or {})
     return environment
 
 

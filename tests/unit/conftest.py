@@ -41,6 +41,13 @@ def _clean_mirror_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DOCKER_CONFIG", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _state_in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """A run records into the state database: never the machine's own (as root, in
+    /var/lib/mirror), always one of this test's."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+
+
 class RecordingSleep:
     """An async ``sleep`` replacement: records each requested wait and returns at once."""
 

@@ -44,12 +44,14 @@ LIBRARY = [
 ]
 APPLICATION = [
     "logs",
+    "output",  # words on a terminal; below records and prune, which print
     "config",
     "state",  # the record of runs and tags; never imported by the library
     "jobs",
+    "records",  # status and history, for the CLI and the daemon's /status
+    "prune",
     "health",
     "daemon",
-    "output",
     "airgap_commands",
     "commands",
     "cli",

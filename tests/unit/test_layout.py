@@ -95,6 +95,23 @@ async def test_a_copy_writes_a_layout_byte_for_byte(
     assert temp_files(tmp_path) == []
 
 
+async def test_deleting_a_manifest_drops_its_tags_and_keeps_the_rest(
+    tmp_path: Path, source: tuple[FakeRegistry, Registry]
+) -> None:
+    fake, client = source
+    old, new = make_image(1), make_image(2)
+    fake.seed(REPO, "1.0", old)
+    fake.seed(REPO, "1", old)
+    fake.seed(REPO, "2.0", new)
+    layout = Layout(f"oci:{tmp_path}")
+    await copy_all(client, layout, ["1.0", "1", "2.0"])
+
+    assert await layout.delete_manifest(REPO, Digest.parse(old.digest))
+    assert await layout.list_tags(REPO) == ["2.0"]
+    assert not await layout.delete_manifest(REPO, Digest.parse(old.digest))  # gone already
+    assert_layout_holds(tmp_path, REPO, "2.0", new)
+
+
 async def test_the_layout_reads_back_what_was_written(
     tmp_path: Path, source: tuple[FakeRegistry, Registry]
 ) -> None:

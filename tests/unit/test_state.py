@@ -162,3 +162,33 @@ def test_a_path_that_cannot_be_made_costs_one_line(tmp_path: Path) -> None:
     assert not state.available and state.start_run("golang") is None
     [line] = lines
     assert line.startswith(f"state {tmp_path / 'file' / FILENAME}:")
+
+
+def test_a_tag_re_pointed_by_hand_between_runs_shows_in_its_history(tmp_path: Path) -> None:
+    D3 = "sha256:" + "3" * 64
+    state = State(tmp_path / FILENAME, clock=Clock())
+    state.record_tags(1, "golang", [record("copied", D1)])
+    # Someone pushed D3 under the tag; the next run found it there and wrote D1 back.
+    state.record_tags(2, "golang", [record("copied", D1, previous=D3)])
+
+    history = state.history("registry.local:5000", "library/golang", "1.22")
+    assert [(h["old_digest"], h["new_digest"]) for h in history] == [
+        (None, D1),
+        (D1, D3),
+        (D3, D1),
+    ]
+
+
+def test_prune_bookkeeping_keeps_the_first_time_a_tag_went_missing(tmp_path: Path) -> None:
+    state = State(tmp_path / FILENAME, clock=Clock())
+    state.record_tags(1, "golang", [record("copied", D1)])
+    key = ("registry.local:5000", "library/golang", "1.22")
+    first = state.mark_missing(*key, "unselected")
+    assert first is not None and state.mark_missing(*key, "deleted") == first
+    assert state.tag(*key)["missing_reason"] == "deleted"  # type: ignore[index]
+    state.clear_missing(*key)
+    assert state.tag(*key)["missing_since"] is None  # type: ignore[index]
+    state.record_pruned(*key, D1)
+    assert state.tag(*key) is None
+    assert state.history(*key)[-1]["old_digest"] == D1
+    assert state.history(*key)[-1]["new_digest"] is None
