@@ -1,0 +1,87 @@
+"""Everything else a registry holds, copied digest for digest through the real registries:
+Helm charts, zstd layers, and BuildKit indexes carrying in-toto attestation manifests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from tests.integration.helpers import HUB_PASSWORD, Run, hub_config, run_mirror
+from tests.support.artifacts import (
+    HELM_CHART,
+    HELM_CONFIG,
+    ZSTD_LAYER,
+    buildkit_index,
+    helm_chart,
+    zstd_image,
+)
+from tests.support.images import MANIFEST_ACCEPT, Pusher, verify_same
+from tests.support.registry import RegistryProcess
+from tests.support.tokenserver import HubRegistry
+
+
+def sync(tmp_path: Path, hub: HubRegistry, local: RegistryProcess, ref: str, *args: str) -> Run:
+    config = hub_config(tmp_path, hub)
+    run = run_mirror(
+        "sync",
+        f"{hub.host}/{ref}",
+        "--to",
+        local.host,
+        "--json",
+        "--config",
+        str(config),
+        *args,
+        home=tmp_path,
+        env={"HUB_PW": HUB_PASSWORD},
+    )
+    assert run.code == 0, run.describe()
+    return run
+
+
+def served(local: RegistryProcess, repo: str, reference: str) -> httpx.Response:
+    return httpx.get(
+        f"{local.url}/v2/{repo}/manifests/{reference}", headers={"Accept": MANIFEST_ACCEPT}
+    )
+
+
+def test_helm_chart_is_copied_byte_for_byte(
+    tmp_path: Path, hub: HubRegistry, hub_pusher: Pusher, local: RegistryProcess, unique_repo: str
+) -> None:
+    chart = hub_pusher.push(unique_repo, helm_chart("demo", "0.1.0"), "0.1.0")
+
+    run = sync(tmp_path, hub, local, unique_repo)
+
+    assert run.statuses() == {"0.1.0": "copied"}
+    verify_same((hub.url, hub.token_getter("tester")), (local.url, None), unique_repo, ["0.1.0"])
+    document = served(local, unique_repo, "0.1.0").json()
+    assert document["config"]["mediaType"] == HELM_CONFIG
+    assert [layer["mediaType"] for layer in document["layers"]] == [HELM_CHART]
+    assert served(local, unique_repo, "0.1.0").content == chart.raw
+
+
+def test_zstd_layers_are_copied_as_they_are(
+    tmp_path: Path, hub: HubRegistry, hub_pusher: Pusher, local: RegistryProcess, unique_repo: str
+) -> None:
+    image = hub_pusher.push(unique_repo, zstd_image(unique_repo), "1.0")
+
+    run = sync(tmp_path, hub, local, unique_repo)
+
+    assert run.statuses() == {"1.0": "copied"}
+    assert run.report["bytes_copied"] == sum(b.size for b in image.blobs)
+    verify_same((hub.url, hub.token_getter("tester")), (local.url, None), unique_repo, ["1.0"])
+    layers = served(local, unique_repo, "1.0").json()["layers"]
+    assert {layer["mediaType"] for layer in layers} == {ZSTD_LAYER}
+
+
+def test_buildkit_attestation_manifests_travel_inside_their_index(
+    tmp_path: Path, hub: HubRegistry, hub_pusher: Pusher, local: RegistryProcess, unique_repo: str
+) -> None:
+    index = hub_pusher.push(unique_repo, buildkit_index(unique_repo), "1.0")
+
+    run = sync(tmp_path, hub, local, unique_repo)
+
+    assert run.tag("1.0")["digest"] == index.digest
+    verify_same((hub.url, hub.token_getter("tester")), (local.url, None), unique_repo, ["1.0"])
+    for child in index.children:  # images and unknown/unknown attestations, byte for byte
+        assert served(local, unique_repo, child.digest).content == child.raw
