@@ -1,6 +1,7 @@
 """What a run of copies did: one ``TagResult`` per tag and the ``CopyReport`` that counts them.
 
-Owns the result vocabulary (copied, skipped, failed, planned, deferred) and the progress
+Owns the result vocabulary (copied, skipped, failed, planned, deferred), told apart for tags
+and for the referrers (signatures, attestations) carried with them, and the progress
 callbacks a display receives. Plain data: no I/O, and no opinion on how it is shown (the CLI
 prints it, the daemon logs and counts it).
 """
@@ -37,6 +38,8 @@ class TagResult:
     manifests_missing: int = 0
     pulls: int = 0  # upstream manifest GETs this tag cost (or, in a dry run, will cost)
     error: str | None = None  # why it failed, or why it was deferred
+    referrer_of: str | None = None  # a signature, attestation or referrer: the digest it describes
+    note: str | None = None  # what a reader should know of how it was carried
 
 
 @dataclass(slots=True)
@@ -55,10 +58,36 @@ class CopyReport:
     blobs_present: int = 0
     bytes_copied: int = 0
     upstream_manifest_gets: int = 0
+    # Signatures, attestations and referrers carried with what they describe (not tags: no
+    # tag rule applies to them), by the same results.
+    referrers_copied: int = 0
+    referrers_skipped: int = 0
+    referrers_failed: int = 0
+    referrers_deferred: int = 0
     tags: list[TagResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        """Tags and referrers that failed: a run with any is not a success."""
+        return self.tags_failed + self.referrers_failed
+
+    @property
+    def deferred(self) -> int:
+        """Tags and referrers left for a later run to spare the pull limit."""
+        return self.tags_deferred + self.referrers_deferred
 
     def add(self, result: TagResult) -> None:
         self.tags.append(result)
+        if result.referrer_of is not None:
+            if result.status in ("copied", "planned"):
+                self.referrers_copied += 1
+            elif result.status == "skipped":
+                self.referrers_skipped += 1
+            elif result.status == "failed":
+                self.referrers_failed += 1
+            else:
+                self.referrers_deferred += 1
+            return
         self.tags_checked += 1
         if result.status == "failed":
             self.tags_failed += 1

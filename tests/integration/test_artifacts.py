@@ -1,5 +1,6 @@
 """Everything else a registry holds, copied digest for digest through the real registries:
-Helm charts, zstd layers, and BuildKit indexes carrying in-toto attestation manifests."""
+Helm charts, artifacts with the empty config, zstd layers, manifests with a subject (pushed
+after it), and BuildKit indexes carrying in-toto attestation manifests."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import httpx
 
 from tests.integration.helpers import HUB_PASSWORD, Run, hub_config, run_mirror
 from tests.support.artifacts import (
+    EMPTY,
     HELM_CHART,
     HELM_CONFIG,
     ZSTD_LAYER,
+    artifact,
     buildkit_index,
     helm_chart,
     zstd_image,
 )
-from tests.support.images import MANIFEST_ACCEPT, Pusher, verify_same
+from tests.support.images import MANIFEST_ACCEPT, Pusher, build_image, verify_same
 from tests.support.registry import RegistryProcess
 from tests.support.tokenserver import HubRegistry
 
@@ -72,6 +75,43 @@ def test_zstd_layers_are_copied_as_they_are(
     verify_same((hub.url, hub.token_getter("tester")), (local.url, None), unique_repo, ["1.0"])
     layers = served(local, unique_repo, "1.0").json()["layers"]
     assert {layer["mediaType"] for layer in layers} == {ZSTD_LAYER}
+
+
+def test_artifact_with_a_subject_lands_after_its_subject(
+    tmp_path: Path, hub: HubRegistry, hub_pusher: Pusher, local: RegistryProcess, unique_repo: str
+) -> None:
+    image = hub_pusher.push(unique_repo, build_image("oci", seed=unique_repo), "1.0")
+    sbom = hub_pusher.push(unique_repo, artifact(image, unique_repo), "1.0-sbom")
+    since = local.log_mark()
+
+    run = sync(tmp_path, hub, local, unique_repo)
+
+    assert run.statuses() == {"1.0": "copied", "1.0-sbom": "copied"}
+    verify_same(
+        (hub.url, hub.token_getter("tester")), (local.url, None), unique_repo, ["1.0", "1.0-sbom"]
+    )
+    document = served(local, unique_repo, "1.0-sbom").json()
+    assert document["config"]["mediaType"] == EMPTY and document["artifactType"]
+    assert document["subject"]["digest"] == image.digest
+    # The subject is on the target before anything that refers to it.
+    puts = [
+        e.path for e in local.requests_since(since) if e.method == "PUT" and "/manifests/" in e.path
+    ]
+    first_subject = min(i for i, p in enumerate(puts) if p.endswith(("/1.0", image.digest)))
+    first_sbom = min(i for i, p in enumerate(puts) if p.endswith(("/1.0-sbom", sbom.digest)))
+    assert first_subject < first_sbom, puts
+
+
+def test_artifact_alone_brings_its_subject_first(
+    tmp_path: Path, hub: HubRegistry, hub_pusher: Pusher, local: RegistryProcess, unique_repo: str
+) -> None:
+    image = hub_pusher.push(unique_repo, build_image("oci", seed=unique_repo), "1.0")
+    hub_pusher.push(unique_repo, artifact(image, unique_repo), "sbom")
+
+    sync(tmp_path, hub, local, f"{unique_repo}:sbom")
+
+    verify_same((hub.url, hub.token_getter("tester")), (local.url, None), unique_repo, ["sbom"])
+    assert served(local, unique_repo, image.digest).content == image.raw
 
 
 def test_buildkit_attestation_manifests_travel_inside_their_index(

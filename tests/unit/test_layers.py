@@ -35,6 +35,7 @@ LIBRARY = [
     "registry",
     "plan",
     "transfer",
+    "referrers",  # signatures and referrers: found by tag or API, carried after their subject
     "copy",
 ]
 APPLICATION = [
