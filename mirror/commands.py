@@ -100,6 +100,7 @@ async def sync_command(args: argparse.Namespace) -> int:
                 report=report,
                 platforms=platforms,
                 flatten=args.flatten,
+                referrers=not args.no_referrers,
             )
             batch = [
                 r
@@ -128,9 +129,9 @@ async def sync_command(args: argparse.Namespace) -> int:
     for result in report.tags:
         if result.status == "failed" or (result.status == "deferred" and not args.quiet):
             error(f"{result.source}: {result.error}")
-    if report.tags_failed:
+    if report.failed:
         return EXIT_FAILED
-    return _deferred_exit(args) if report.tags_deferred else EXIT_OK
+    return _deferred_exit(args) if report.deferred else EXIT_OK
 
 
 def _deferred_exit(args: argparse.Namespace) -> int:
@@ -413,7 +414,7 @@ async def sync_all_command(args: argparse.Namespace) -> int:
         )
     if any(r.outcome != "success" for r in results):
         return EXIT_FAILED
-    return _deferred_exit(args) if any(r.report.tags_deferred for r in results) else EXIT_OK
+    return _deferred_exit(args) if any(r.report.deferred for r in results) else EXIT_OK
 
 
 def log_level(args: argparse.Namespace) -> int:

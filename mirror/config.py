@@ -186,6 +186,8 @@ class EntryDefaults(BaseModel):
     tags: TagSettings | None = None
     platforms: Platforms | None = None
     flatten: bool | None = None
+    referrers: bool | None = None
+    artifact_types: list[str] | None = None
 
     @model_validator(mode="after")
     def _one_schedule(self) -> EntryDefaults:
@@ -211,6 +213,12 @@ class MirrorEntry(BaseModel):
     tags: TagSettings = Field(default_factory=TagSettings)
     platforms: Platforms = Field(default_factory=list)
     flatten: bool = False
+    referrers: bool = Field(
+        default=True, description="carry signatures, attestations and referrers with the images"
+    )
+    artifact_types: list[str] = Field(
+        default_factory=list, description="only referrers of these artifact types (all if empty)"
+    )
 
     def platform_list(self) -> list[Platform]:
         return [Platform.parse(p) for p in self.platforms]

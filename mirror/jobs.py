@@ -21,6 +21,7 @@ from mirror.credentials import Credentials, docker_credentials
 from mirror.errors import MirrorError, NotFound
 from mirror.plan import PriorityGate
 from mirror.reference import Reference
+from mirror.referrers import ReferrerTags, split_tags
 from mirror.registry import Registry
 from mirror.report import CopyReport, Progress, TagResult
 from mirror.selection import (
@@ -120,14 +121,17 @@ async def sync(
 
     A repository's tags are filtered by ``rules``. Tags matching ``immutable`` (full
     versions) that the target already has are not checked upstream; None checks every tag.
+    Signature and referrer tags (``sha256-<hex>.sig`` …) are no tags to the rules: when the
+    copier carries referrers, they follow the manifests they describe, after them.
     """
     source, target = request.source, request.target
     if source.digest is not None:
         result = await copier.copy(
             source.repository, source.digest, target.repository, source.tag or source.digest
         )
-        return [result]
+        return [result, *await _referrers(copier, request, None)]
     on_target: set[str] | None = None  # the target's tags, when its tags list was read
+    referrer_tags = ReferrerTags()
     if source.tag is not None:
         tags = [source.tag]
     else:
@@ -136,6 +140,7 @@ async def sync(
                 copier.source.list_tags(source.repository),
                 _target_tags(copier, target.repository),
             )
+            listed, referrer_tags = split_tags(listed)  # even when not carried: no tags to copy
             tags = newest_first(select(listed, rules).tags)
             if on_target is not None and not on_target:
                 copier.tagless(target.repository)
@@ -160,7 +165,30 @@ async def sync(
                 priority=(gate, turn),
             )
 
-    return list(await asyncio.gather(*(one(turn, tag) for turn, tag in enumerate(tags))))
+    results = list(await asyncio.gather(*(one(turn, tag) for turn, tag in enumerate(tags))))
+    if source.tag is not None:
+        return results + await _referrers(copier, request, None)
+    return results + await _referrers(copier, request, referrer_tags, on_target)
+
+
+async def _referrers(
+    copier: Copier,
+    request: SyncRequest,
+    tags: ReferrerTags | None,
+    on_target: set[str] | None = None,
+) -> list[TagResult]:
+    """Carry the signatures and referrers of what was put in step (step 6 of a copy). For one
+    tag or digest, the source's tags list is read for them here (one request)."""
+    if not copier.referrers:
+        return []
+    if tags is None:
+        try:
+            tags = split_tags(await copier.source.list_tags(request.source.repository))[1]
+        except MirrorError:
+            tags = ReferrerTags()  # found by the referrers API alone, where offered
+    return await copier.carry_referrers(
+        request.source.repository, request.target.repository, tags, on_target
+    )
 
 
 async def _target_tags(copier: Copier, repository: str) -> set[str] | None:
@@ -223,6 +251,8 @@ async def run_entry(
             platforms=entry.platform_list(),
             flatten=entry.flatten,
             flattened=clients.flattened,
+            referrers=entry.referrers,
+            artifact_types=entry.artifact_types,
         )
         if entry.is_namespace:
             repositories = await clients.get(source_registry).list_repositories(source_ns.path)
@@ -265,10 +295,14 @@ async def run_entry(
                 fields["source_digest"] = tag.source_digest
         else:
             fields["error" if tag.status == "failed" else "reason"] = tag.error
+        if tag.referrer_of:
+            fields["referrer_of"] = tag.referrer_of
+        if tag.note:
+            fields["note"] = tag.note
         getattr(log, level)(event, **fields)
     if error is not None or (report.tags_failed and report.tags_failed == report.tags_checked):
         outcome: Outcome = "failed"
-    elif report.tags_failed:
+    elif report.failed:
         outcome = "partial"
     else:
         outcome = "success"
@@ -287,6 +321,7 @@ async def run_entry(
         blobs_mounted=report.blobs_mounted,
         bytes=report.bytes_copied,
         upstream_manifest_gets=report.upstream_manifest_gets,
+        referrers_copied=report.referrers_copied,
         seconds=round(seconds, 3),
         **({"error": error} if error else {}),
     )

@@ -33,6 +33,10 @@ def print_report(report: CopyReport, elapsed: float) -> None:
             result.blobs_missing or result.bytes_missing
         ):
             line += f"  {result.blobs_missing} blobs, {size(result.bytes_missing)}"
+        if result.referrer_of:
+            line += f"  (refers to {result.referrer_of[:19]})"
+        if result.note:
+            line += f"; {result.note}"
         print(line)
     would = "would be " if report.dry_run else ""
     print(
@@ -42,8 +46,26 @@ def print_report(report: CopyReport, elapsed: float) -> None:
         + f"blobs: {report.blobs_copied} {would}copied ({size(report.bytes_copied)}), "
         f"{report.blobs_mounted} mounted, {report.blobs_present} already present; "
         f"{report.manifests_pushed} manifests {would}pushed; "
-        f"{report.upstream_manifest_gets} upstream manifest GETs; {elapsed:.1f} s"
+        f"{report.upstream_manifest_gets} upstream manifest GETs; "
+        + _referrers_summary(report, would)
+        + f"{elapsed:.1f} s"
     )
+
+
+def _referrers_summary(report: CopyReport, would: str) -> str:
+    """``referrers: 3 copied, 2 in sync; `` (nothing when the run met none)."""
+    counts = (
+        report.referrers_copied,
+        report.referrers_skipped,
+        report.referrers_failed,
+        report.referrers_deferred,
+    )
+    if not any(counts):
+        return ""
+    text = f"referrers: {counts[0]} {would}copied, {counts[1]} in sync"
+    text += f", {counts[2]} failed" if counts[2] else ""
+    text += f", {counts[3]} deferred" if counts[3] else ""
+    return text + "; "
 
 
 def size(nbytes: int) -> str:
