@@ -295,7 +295,13 @@ async def plan_command(args: argparse.Namespace) -> int:
     finally:
         await clients.aclose()
 
-    action = {"planned": "copy", "skipped": "skip", "deferred": "defer", "failed": "FAIL"}
+    action = {
+        "planned": "copy",
+        "skipped": "skip",
+        "deferred": "defer",
+        "failed": "FAIL",
+        "unsupported": "leave",
+    }
     tags = [t for r in results for t in r.report.tags]
     totals = {
         "copy": sum(t.status == "planned" for t in tags),

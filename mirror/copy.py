@@ -37,8 +37,8 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
 
-from mirror.errors import MirrorError, NotFound, QuotaExhausted
-from mirror.manifest import INDEX_TYPES, Platform
+from mirror.errors import MirrorError, NotFound, QuotaExhausted, RegistryError, Unsupported
+from mirror.manifest import INDEX_TYPES, Descriptor, Platform
 from mirror.plan import Plan, Planner, Priority, TargetState
 from mirror.reference import Digest
 from mirror.referrers import Referrers, ReferrerTags, Subject
@@ -52,6 +52,7 @@ DEFAULT_CONCURRENCY = 4  # blob transfers in flight at once, across every tag of
 # 200-repository run juggle 1,600 tags for 8 connections (more memory, slower); 16 rather
 # than 8 keeps both registries busy while one waits on its disk (2,000 tags: ~12 % faster).
 TAGS_IN_FLIGHT = 16
+SUBJECT_STATUSES = ("copied", "skipped", "planned")  # in step: what refers to it may follow
 
 
 class Copier:
@@ -78,13 +79,16 @@ class Copier:
         flattened: dict[tuple[Digest, str], Digest] | None = None,
         referrers: bool = True,
         artifact_types: Sequence[str] = (),
+        unsupported: dict[Digest, str] | None = None,
     ) -> None:
         """``flatten`` with one platform copies that platform's image as a plain manifest
         under the tag; ``flattened`` remembers which image each index gave, so a daemon's
         later runs know an unchanged index without pulling it (pass the same dict each run).
         ``blob_attempts`` is how often a failed blob transfer is tried in all. ``referrers``
         says whether a repository sync carries signatures and referrers (``carry_referrers``),
-        ``artifact_types`` which of them (all when empty).
+        ``artifact_types`` which of them (all when empty). ``unsupported`` remembers source
+        digests left on purpose (foreign layers the target refused), so a daemon's later runs
+        do not pull them again (pass the same dict each run).
         """
         if flatten and len(platforms) != 1:
             raise MirrorError("flatten takes exactly one platform")
@@ -103,6 +107,7 @@ class Copier:
             platforms=platforms,
             flatten=flatten,
             flattened=flattened,
+            unsupported=unsupported,
         )
         self._transfer = Transfer(
             source,
@@ -202,12 +207,19 @@ class Copier:
                         result.pulls += await self._subject_first(
                             source_repo, target_repo, subject.digest
                         )
-                    there = await self._transfer.execute(
-                        plan, source_repo, target_repo, target_reference
-                    )
+                    there = await self._execute(plan, source_repo, target_repo, target_reference)
                     result.blobs_missing -= len(there)
                     result.bytes_missing -= sum(b.size for b in there)
                     result.status = "copied"
+                foreign = sum(m.foreign_layers for m in (plan.top, *plan.children))
+                if foreign:
+                    result.note = (
+                        f"{foreign} foreign layers (Windows base layers) stay at their URLs, "
+                        "where clients fetch them; the manifest is carried as it is"
+                    )
+        except Unsupported as exc:
+            result.status = "unsupported"
+            result.error = str(exc)
         except QuotaExhausted as exc:
             result.status = "deferred"
             result.error = str(exc)
@@ -216,10 +228,34 @@ class Copier:
         finally:
             if priority is not None:
                 await priority[0].release(priority[1])
-        if plan is not None and referrer_of is None and result.status != "failed":
+        if plan is not None and referrer_of is None and result.status in SUBJECT_STATUSES:
             self._subjects[(source_repo, target_repo)].append(self._subject(plan, result))
         self.report.add(result)
         return result
+
+    async def _execute(
+        self, plan: Plan, source_repo: str, target_repo: str, target_reference: str
+    ) -> list[Descriptor]:
+        """Steps 4-5; a target that refuses foreign layers leaves the tag unsupported, and
+        the source digest is remembered so that it is not pulled again while unchanged."""
+        try:
+            return await self._transfer.execute(plan, source_repo, target_repo, target_reference)
+        except RegistryError as exc:
+            assert plan.top is not None
+            foreign = sum(m.foreign_layers for m in (plan.top, *plan.children))
+            # distribution refuses them with 400 MANIFEST_INVALID, or (2.8) a 500 naming
+            # MANIFEST_BLOB_UNKNOWN: the foreign blob it will not fetch.
+            refused = {"MANIFEST_INVALID", "MANIFEST_BLOB_UNKNOWN"} & set(exc.codes)
+            if not foreign or not (exc.status == 400 or refused):
+                raise
+            reason = (
+                f"its {foreign} foreign layers (Windows base layers, fetched from their URLs) "
+                f"are refused by {self.target.name} (HTTP {exc.status}); a registry takes "
+                "them with validation.manifests.urls.allow set (mirror run does not pull it "
+                "again while its digest stays the same)"
+            )
+            self._planner.unsupported[plan.source_digest or plan.digest] = reason
+            raise Unsupported(reason) from None
 
     async def carry_referrers(
         self,

@@ -11,6 +11,7 @@ Nothing here knows about HTTP clients.
     ├── DigestMismatch          content whose sha256 is not the digest it was asked for
     ├── QuotaExhausted          a pull now would eat into the reserve or hit the pull limit
     ├── ManifestError           a manifest that cannot be used (not JSON, too large, unknown type)
+    │   └── Unsupported         content mirror leaves on purpose: schema 1, refused foreign layers
     └── RegistryError           a registry answered with an error status or could not be reached
         ├── Unauthorized        401 / 403: missing or wrong credentials, or access denied
         ├── NotFound            404: no such repository, manifest, blob or upload
@@ -46,6 +47,11 @@ class AuthError(MirrorError):
 
 class ManifestError(MirrorError):
     """A manifest that cannot be used: not JSON, over the size cap, or of an unknown media type."""
+
+
+class Unsupported(ManifestError):
+    """Content mirror does not copy, on purpose and for good: a Docker schema 1 manifest, or
+    foreign layers the target refuses. Not a failure, and not tried again while unchanged."""
 
 
 class DigestMismatch(MirrorError):

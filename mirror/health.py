@@ -56,7 +56,7 @@ class Metrics:
         )
         self.tags = Counter(
             "mirror_tags",
-            "Tags checked, by result (copied, skipped, failed, deferred)",
+            "Tags checked, by result (copied, skipped, failed, deferred, unsupported)",
             ["entry", "result"],
             registry=r,
         )
@@ -150,6 +150,7 @@ class Metrics:
         self.tags.labels(job, "skipped").inc(report.tags_skipped)
         self.tags.labels(job, "failed").inc(report.tags_failed)
         self.tags.labels(job, "deferred").inc(report.tags_deferred)
+        self.tags.labels(job, "unsupported").inc(report.tags_unsupported)
         self.blobs.labels(job, "copied").inc(report.blobs_copied)
         self.blobs.labels(job, "mounted").inc(report.blobs_mounted)
         self.blobs.labels(job, "present").inc(report.blobs_present)

@@ -44,6 +44,8 @@ _TAG_EVENTS = {
     # Not a failure: the tag arrives when the pull window frees (journalctl -p warning shows
     # failures only).
     "deferred": ("info", "tag deferred"),
+    # Left on purpose (schema 1, foreign layers the target refuses): one line a run saying why.
+    "unsupported": ("info", "tag not copied"),
 }
 
 
@@ -60,6 +62,7 @@ class Clients:
         self._options = registry_options
         self._clients: dict[str, Registry] = {}
         self.flattened: dict[Any, Any] = {}  # index digest -> the image a flatten took
+        self.unsupported: dict[Any, str] = {}  # source digest left on purpose -> why
 
     def get(self, name: str) -> Registry:
         client = self._clients.get(name)
@@ -253,6 +256,7 @@ async def run_entry(
             flattened=clients.flattened,
             referrers=entry.referrers,
             artifact_types=entry.artifact_types,
+            unsupported=clients.unsupported,
         )
         if entry.is_namespace:
             repositories = await clients.get(source_registry).list_repositories(source_ns.path)
@@ -317,6 +321,7 @@ async def run_entry(
         tags_skipped=report.tags_skipped,
         tags_failed=report.tags_failed,
         tags_deferred=report.tags_deferred,
+        tags_unsupported=report.tags_unsupported,
         blobs_copied=report.blobs_copied,
         blobs_mounted=report.blobs_mounted,
         bytes=report.bytes_copied,

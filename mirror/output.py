@@ -22,6 +22,7 @@ def print_report(report: CopyReport, elapsed: float) -> None:
         "failed": "FAILED",
         "planned": "would copy",
         "deferred": "deferred",
+        "unsupported": "not copied",
     }
     for result in report.tags:
         line = f"{verb[result.status]:<10} {result.source} -> {result.target}"
@@ -35,6 +36,8 @@ def print_report(report: CopyReport, elapsed: float) -> None:
             line += f"  {result.blobs_missing} blobs, {size(result.bytes_missing)}"
         if result.referrer_of:
             line += f"  (refers to {result.referrer_of[:19]})"
+        if result.status == "unsupported":
+            line += f": {result.error}"
         if result.note:
             line += f"; {result.note}"
         print(line)
@@ -42,7 +45,8 @@ def print_report(report: CopyReport, elapsed: float) -> None:
     print(
         f"{report.tags_checked} tags: {report.tags_copied} {would}copied, "
         f"{report.tags_skipped} in sync, {report.tags_failed} failed"
-        + (f", {report.tags_deferred} deferred; " if report.tags_deferred else "; ")
+        + (f", {report.tags_deferred} deferred" if report.tags_deferred else "")
+        + (f", {report.tags_unsupported} not copied; " if report.tags_unsupported else "; ")
         + f"blobs: {report.blobs_copied} {would}copied ({size(report.bytes_copied)}), "
         f"{report.blobs_mounted} mounted, {report.blobs_present} already present; "
         f"{report.manifests_pushed} manifests {would}pushed; "

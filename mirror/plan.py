@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from mirror.errors import MirrorError, NotFound, QuotaExhausted, RateLimited
-from mirror.manifest import Descriptor, Manifest, Platform, filter_index
+from mirror.errors import MirrorError, NotFound, QuotaExhausted, RateLimited, Unsupported
+from mirror.manifest import DOCKER_SCHEMA1, Descriptor, Manifest, Platform, filter_index
 from mirror.reference import Digest
 from mirror.report import CopyReport
 from mirror.store import Store
@@ -158,6 +158,7 @@ class Planner:
         platforms: Sequence[Platform] = (),
         flatten: bool = False,
         flattened: dict[tuple[Digest, str], Digest] | None = None,
+        unsupported: dict[Digest, str] | None = None,
     ) -> None:
         self.source = source
         self.target = target
@@ -167,6 +168,8 @@ class Planner:
         self.platforms = tuple(platforms)
         self.flatten = flatten
         self._flattened = flattened if flattened is not None else {}
+        # Source digests left on purpose, and why: not pulled again while they stay unchanged.
+        self.unsupported = unsupported if unsupported is not None else {}
         self._platforms_key = ",".join(sorted(str(p) for p in self.platforms))
         self._manifests: dict[tuple[str, Digest], asyncio.Future[Manifest]] = {}
         self._fetched: dict[Digest, Manifest] = {}
@@ -201,6 +204,8 @@ class Planner:
         )
         if target_digest == digest:
             return Plan(digest)
+        if digest in self.unsupported:
+            raise Unsupported(self.unsupported[digest])
         if priority is not None and self.source.budget.available is not None:
             await priority[0].wait(priority[1])  # pulls ahead: take the budget in turn
         if flatten and target_digest is not None:
@@ -345,6 +350,13 @@ class Planner:
                 f"registry {self.source.name}: {source_repo}:{reference} does not exist",
                 method="HEAD",
                 status=404,
+            )
+        if source_head.media_type in DOCKER_SCHEMA1:
+            # Told by the HEAD, which is no pull: the GET would be one, every run, for nothing.
+            raise Unsupported(
+                f"{source_repo}:{reference} is a Docker schema 1 manifest "
+                f"({source_head.media_type}); mirror copies Docker schema 2 and OCI manifests "
+                "only (converting would change the digest): not copied, not pulled"
             )
         if source_head.digest is None:  # registry sent no Docker-Content-Digest: GET tells
             digest = (await self._get_source(source_repo, reference)).digest

@@ -1,9 +1,9 @@
 """What a run of copies did: one ``TagResult`` per tag and the ``CopyReport`` that counts them.
 
-Owns the result vocabulary (copied, skipped, failed, planned, deferred), told apart for tags
-and for the referrers (signatures, attestations) carried with them, and the progress
-callbacks a display receives. Plain data: no I/O, and no opinion on how it is shown (the CLI
-prints it, the daemon logs and counts it).
+Owns the result vocabulary (copied, skipped, failed, planned, deferred, unsupported), told
+apart for tags and for the referrers (signatures, attestations) carried with them, and the
+progress callbacks a display receives. Plain data: no I/O, and no opinion on how it is
+shown (the CLI prints it, the daemon logs and counts it).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any, Literal, Protocol
 
 from mirror.reference import Digest
 
-TagStatus = Literal["copied", "skipped", "failed", "planned", "deferred"]
+# unsupported: left on purpose (Docker schema 1, foreign layers the target refuses), not failed.
+TagStatus = Literal["copied", "skipped", "failed", "planned", "deferred", "unsupported"]
 
 
 class Progress(Protocol):
@@ -52,6 +53,7 @@ class CopyReport:
     tags_skipped: int = 0
     tags_failed: int = 0
     tags_deferred: int = 0
+    tags_unsupported: int = 0
     manifests_pushed: int = 0
     blobs_copied: int = 0
     blobs_mounted: int = 0
@@ -81,7 +83,7 @@ class CopyReport:
         if result.referrer_of is not None:
             if result.status in ("copied", "planned"):
                 self.referrers_copied += 1
-            elif result.status == "skipped":
+            elif result.status in ("skipped", "unsupported"):
                 self.referrers_skipped += 1
             elif result.status == "failed":
                 self.referrers_failed += 1
@@ -95,6 +97,8 @@ class CopyReport:
             self.tags_deferred += 1
         elif result.status == "skipped":
             self.tags_skipped += 1
+        elif result.status == "unsupported":
+            self.tags_unsupported += 1
         else:
             self.tags_copied += 1
 

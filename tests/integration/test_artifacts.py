@@ -4,12 +4,14 @@ after it), and BuildKit indexes carrying in-toto attestation manifests."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from tests.integration.helpers import HUB_PASSWORD, Run, hub_config, run_mirror
 from tests.support.artifacts import (
+    ALLOW_FOREIGN_URLS,
     EMPTY,
     HELM_CHART,
     HELM_CONFIG,
@@ -17,9 +19,16 @@ from tests.support.artifacts import (
     artifact,
     buildkit_index,
     helm_chart,
+    windows_image,
     zstd_image,
 )
-from tests.support.images import MANIFEST_ACCEPT, Pusher, build_image, verify_same
+from tests.support.images import (
+    MANIFEST_ACCEPT,
+    Pusher,
+    build_image,
+    manifest_digest,
+    verify_same,
+)
 from tests.support.registry import RegistryProcess
 from tests.support.tokenserver import HubRegistry
 
@@ -125,3 +134,37 @@ def test_buildkit_attestation_manifests_travel_inside_their_index(
     verify_same((hub.url, hub.token_getter("tester")), (local.url, None), unique_repo, ["1.0"])
     for child in index.children:  # images and unknown/unknown attestations, byte for byte
         assert served(local, unique_repo, child.digest).content == child.raw
+
+
+def test_foreign_layers_a_target_refuses_are_one_clear_line_not_a_failure(
+    tmp_path: Path, make_registry: Callable[..., RegistryProcess], local: RegistryProcess
+) -> None:
+    source = make_registry(extra_config=ALLOW_FOREIGN_URLS)
+    with Pusher(source.url) as pusher:
+        pusher.push("win/app", windows_image("refused"), "ltsc2022")
+        pusher.push("win/app", build_image("docker", seed="linux"), "linux")
+
+    run = run_mirror("sync", f"{source.host}/win/app", "--to", local.host, home=tmp_path)
+
+    assert run.code == 0, run.describe()
+    line = next(line for line in run.stdout.splitlines() if ":ltsc2022" in line)
+    assert line.startswith("not copied") and "foreign layers" in line and "urls.allow" in line
+    assert "1 not copied" in run.stdout.splitlines()[-1]
+    assert manifest_digest(local.url, "win/app", "ltsc2022") is None
+    assert manifest_digest(local.url, "win/app", "linux") is not None
+
+
+def test_foreign_layers_a_target_takes_are_carried_and_stay_at_their_urls(
+    tmp_path: Path, make_registry: Callable[..., RegistryProcess]
+) -> None:
+    source = make_registry(extra_config=ALLOW_FOREIGN_URLS)
+    target = make_registry(extra_config=ALLOW_FOREIGN_URLS)
+    with Pusher(source.url) as pusher:
+        image = pusher.push("win/app", windows_image("taken"), "ltsc2022")
+
+    run = run_mirror("sync", f"{source.host}/win/app", "--to", target.host, "--json", home=tmp_path)
+
+    assert run.code == 0, run.describe()
+    result = run.tag("ltsc2022")
+    assert result["status"] == "copied" and "stay at their URLs" in result["note"]
+    assert manifest_digest(target.url, "win/app", "ltsc2022") == image.digest

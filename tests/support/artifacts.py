@@ -22,6 +22,9 @@ from typing import Any
 from tests.support.images import (
     AMD64,
     ARM64,
+    DOCKER_CONFIG,
+    DOCKER_LAYER,
+    DOCKER_MANIFEST,
     OCI_CONFIG,
     OCI_INDEX,
     OCI_MANIFEST,
@@ -286,3 +289,40 @@ def buildkit_index(seed: str, platforms: Sequence[Platform] = (AMD64, ARM64)) ->
         digest=sha256_digest(raw),
         children=(*images, *attestations),
     )
+
+
+FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+ALLOW_FOREIGN_URLS = {"validation": {"manifests": {"urls": {"allow": ["^https?://"]}}}}
+
+
+def windows_image(seed: str) -> Image:
+    """A Docker image as Windows images are: the base layer lives at a foreign URL (not in the
+    registry, so not pushed), the image's own layer in the registry. A registry takes it only
+    with ``ALLOW_FOREIGN_URLS`` in its config."""
+    own = Blob.of(gzip.compress(_tar({"Files/app.exe": seed.encode()}), mtime=0))
+    config = Blob.of(
+        _serialize(
+            {
+                "architecture": "amd64",
+                "os": "windows",
+                "os.version": "10.0.20348.2527",
+                "rootfs": {"type": "layers", "diff_ids": [sha256_digest(b"base"), own.digest]},
+            }
+        )
+    )
+    document = {
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": {"mediaType": DOCKER_CONFIG, "size": config.size, "digest": config.digest},
+        "layers": [
+            {
+                "mediaType": FOREIGN_LAYER,
+                "size": 1234567,
+                "digest": sha256_digest(f"base:{seed}".encode()),
+                "urls": ["https://mcr.microsoft.com/v2/windows/servercore/blobs/base"],
+            },
+            {"mediaType": DOCKER_LAYER, "size": own.size, "digest": own.digest},
+        ],
+    }
+    raw = _serialize(document)
+    return Image(DOCKER_MANIFEST, raw, sha256_digest(raw), config=config, layers=(own,))
