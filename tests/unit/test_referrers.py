@@ -236,3 +236,19 @@ async def test_the_referrers_verb_reads_every_page_and_knows_when_it_is_not_offe
         ]
         assert await registry.list_referrers("b", digest) is None
         assert await registry.list_referrers("c", digest) is None
+
+
+def test_metrics_count_referrers_by_result_beside_tags() -> None:
+    from mirror.health import Metrics
+    from mirror.jobs import JobResult
+    from mirror.report import CopyReport
+
+    report = CopyReport(referrers_copied=3, referrers_skipped=2, tags_unsupported=1)
+    metrics = Metrics()
+
+    metrics.record(JobResult("a -> b", "a", "success", report, 1.0), None)
+
+    text = metrics.render().decode()
+    assert 'mirror_referrers_total{entry="a -> b",result="copied"} 3.0' in text
+    assert 'mirror_referrers_total{entry="a -> b",result="skipped"} 2.0' in text
+    assert 'mirror_tags_total{entry="a -> b",result="unsupported"} 1.0' in text
