@@ -199,9 +199,9 @@ class Referrers:
         tags: ReferrerTags,
         on_target: set[str] | None,
     ) -> list[TagResult]:
-        results: list[TagResult] = []
         listed: list[Descriptor] | None = None
         from_index: Digest | None = None  # the source's tag-schema index they came from
+        copies = []
         for tag in tags.of(subject):
             suffix = tag.rpartition(".")[2] if "." in tag else None
             if suffix is None and self.artifact_types:
@@ -209,37 +209,51 @@ class Referrers:
                 listed, from_index = await self._from_schema_tag(
                     source_repo, target_repo, subject, tag
                 )
-                continue
-            if suffix is not None and not self.wanted(COSIGN_TYPES[suffix]):
-                continue
-            async with self._slots:
-                results.append(
-                    await self._copy(
-                        source_repo,
-                        tag,
-                        target_repo,
-                        tag,
-                        absent=on_target is not None and tag not in on_target,
-                        referrer_of=subject,
-                    )
-                )
+            elif suffix is None or self.wanted(COSIGN_TYPES[suffix]):
+                absent = on_target is not None and tag not in on_target
+                copies.append(self._bounded(source_repo, tag, target_repo, tag, absent, subject))
+        results = list(await asyncio.gather(*copies))
         if self._offers_api.get(self.source.name):
             listed = await self._referrers_api(self.source, source_repo, subject)
             from_index = None
         if not listed:
             return results
-        copied = []
-        for descriptor in (d for d in listed if self.wanted(d.artifact_type)):
-            async with self._slots:
-                result = await self._copy(
-                    source_repo, str(descriptor.digest), target_repo, referrer_of=subject
+        chosen = [d for d in listed if self.wanted(d.artifact_type)]
+        carried = await asyncio.gather(
+            *(
+                self._bounded(
+                    source_repo, str(d.digest), target_repo, str(d.digest), False, subject
                 )
-            results.append(result)
-            if result.status in ("copied", "skipped"):
-                copied.append(descriptor)
+                for d in chosen
+            )
+        )
+        results += carried
+        copied = [
+            d for d, r in zip(chosen, carried, strict=True) if r.status in ("copied", "skipped")
+        ]
         if not self._dry_run and (copied or from_index is not None):
             await self._write_index(target_repo, subject, copied, from_index)
         return results
+
+    async def _bounded(
+        self,
+        source_repo: str,
+        reference: str,
+        target_repo: str,
+        target_reference: str,
+        absent: bool,
+        subject: Digest,
+    ) -> TagResult:
+        """One referrer copied, holding one of the run's tag slots."""
+        async with self._slots:
+            return await self._copy(
+                source_repo,
+                reference,
+                target_repo,
+                target_reference,
+                absent=absent,
+                referrer_of=subject,
+            )
 
     async def _from_schema_tag(
         self, source_repo: str, target_repo: str, subject: Digest, tag: str
