@@ -1,6 +1,7 @@
 """Everything else a registry holds, copied digest for digest through the real registries:
 Helm charts, artifacts with the empty config, zstd layers, manifests with a subject (pushed
-after it), and BuildKit indexes carrying in-toto attestation manifests."""
+after it), and BuildKit indexes carrying in-toto attestation manifests; and what is left on
+purpose with one line saying why: Docker schema 1, and foreign layers a target refuses."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import httpx
 from tests.integration.helpers import HUB_PASSWORD, Run, hub_config, run_mirror
 from tests.support.artifacts import (
     ALLOW_FOREIGN_URLS,
+    ALLOW_SCHEMA1,
     EMPTY,
     HELM_CHART,
     HELM_CONFIG,
@@ -19,6 +21,7 @@ from tests.support.artifacts import (
     artifact,
     buildkit_index,
     helm_chart,
+    schema1_image,
     windows_image,
     zstd_image,
 )
@@ -168,3 +171,22 @@ def test_foreign_layers_a_target_takes_are_carried_and_stay_at_their_urls(
     result = run.tag("ltsc2022")
     assert result["status"] == "copied" and "stay at their URLs" in result["note"]
     assert manifest_digest(target.url, "win/app", "ltsc2022") == image.digest
+
+
+def test_a_schema_1_tag_is_one_clear_line_and_never_pulled(
+    tmp_path: Path, make_registry: Callable[..., RegistryProcess], local: RegistryProcess
+) -> None:
+    source = make_registry(extra_config=ALLOW_SCHEMA1)
+    with Pusher(source.url) as pusher:
+        pusher.push("old/app", schema1_image("old/app", "1.0", "old"), "1.0")
+        pusher.push("old/app", build_image("docker", seed="new"), "2.0")
+    since = source.log_mark()
+
+    run = run_mirror("sync", f"{source.host}/old/app", "--to", local.host, "--json", home=tmp_path)
+
+    assert run.code == 0, run.describe()
+    assert run.statuses() == {"1.0": "unsupported", "2.0": "copied"}
+    assert "schema 1" in run.tag("1.0")["error"] and run.report["tags_unsupported"] == 1
+    # Told by the HEAD's media type: the schema 1 manifest is never pulled.
+    assert source.count_requests("GET", "/manifests/1.0", since=since) == 0
+    assert manifest_digest(local.url, "old/app", "1.0") is None

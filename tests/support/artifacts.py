@@ -2,9 +2,10 @@
 
 Owns building a Helm chart, an artifact with the empty config and an ``artifactType``, an image
 with zstd layers, manifests with a ``subject`` (a cosign signature, an in-toto attestation, an
-SBOM), a BuildKit-style index with attestation manifests, and the OCI 1.1 referrers tag-schema
-index. Manifest bytes are kept exactly as built (3-space indented), as in ``images``. Knows
-nothing of the code under test.
+SBOM), a BuildKit-style index with attestation manifests, the OCI 1.1 referrers tag-schema
+index, a Windows image with a foreign layer and a libtrust-signed Docker schema 1 manifest.
+Manifest bytes are kept exactly as built (3-space indented), as in ``images``. Knows nothing
+of the code under test.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ import struct
 import tarfile
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from tests.support.images import (
     AMD64,
@@ -35,6 +40,7 @@ from tests.support.images import (
     make_config,
     sha256_digest,
 )
+from tests.support.tokenserver import b64url, libtrust_key_id
 
 EMPTY = "application/vnd.oci.empty.v1+json"
 HELM_CONFIG = "application/vnd.cncf.helm.config.v1+json"
@@ -326,3 +332,57 @@ def windows_image(seed: str) -> Image:
     }
     raw = _serialize(document)
     return Image(DOCKER_MANIFEST, raw, sha256_digest(raw), config=config, layers=(own,))
+
+
+SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+ALLOW_SCHEMA1 = {"compatibility": {"schema1": {"enabled": True}}}
+
+
+def schema1_image(name: str, tag: str, seed: str) -> Image:
+    """A Docker schema 1 manifest signed as docker/libtrust signs one (a JWS with the payload's
+    format tail in its protected header), as old Docker Hub tags still are. A registry takes
+    it only with ``ALLOW_SCHEMA1`` in its config."""
+    layer = Blob.of(gzip.compress(_tar({"hello.txt": seed.encode()}), mtime=0))
+    v1 = json.dumps({"id": sha256_digest(seed.encode())[7:], "created": "2015-01-01T00:00:00Z"})
+    payload = json.dumps(
+        {
+            "schemaVersion": 1,
+            "name": name,
+            "tag": tag,
+            "architecture": "amd64",
+            "fsLayers": [{"blobSum": layer.digest}],
+            "history": [{"v1Compatibility": v1}],
+        },
+        indent=3,
+    ).encode()
+    close = payload.rstrip().rfind(b"}")
+    length = len(payload[:close].rstrip())
+    tail = payload[length:]
+    key = ec.generate_private_key(ec.SECP256R1())
+    numbers = key.public_key().public_numbers()
+    protected = b64url(
+        json.dumps(
+            {"formatLength": length, "formatTail": b64url(tail), "time": "2015-01-01T00:00:00Z"}
+        ).encode()
+    )
+    r, s = decode_dss_signature(
+        key.sign(f"{protected}.{b64url(payload)}".encode(), ec.ECDSA(hashes.SHA256()))
+    )
+    signature = {
+        "header": {
+            "jwk": {
+                "crv": "P-256",
+                "kid": libtrust_key_id(key.public_key()),
+                "kty": "EC",
+                "x": b64url(numbers.x.to_bytes(32, "big")),
+                "y": b64url(numbers.y.to_bytes(32, "big")),
+            },
+            "alg": "ES256",
+        },
+        "signature": b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big")),
+        "protected": protected,
+    }
+    signatures = json.dumps([signature], indent=3).replace("\n", "\n   ")
+    raw = payload[:length] + b',\n   "signatures": ' + signatures.encode() + b"\n}"
+    # A schema 1 digest is that of the payload: the bytes without their signatures.
+    return Image(SCHEMA1_SIGNED, raw, sha256_digest(payload), layers=(layer,))
