@@ -194,3 +194,50 @@ def test_no_referrers_leaves_them_behind_and_copies_no_signature_as_a_tag(
     assert set(run.results()) == {"0.9", "1.0", "2.0"}
     assert set(list_tags(local.url, signed.name)) == {"0.9", "1.0", "2.0"}
     assert run.report["referrers_copied"] == 0
+
+
+def test_artifact_types_choose_from_the_source_tag_schema_and_the_target_gets_its_own(
+    tmp_path: Path, hub: HubRegistry, hub_pusher: Pusher, local: RegistryProcess, unique_repo: str
+) -> None:
+    image = hub_pusher.push(unique_repo, build_image("oci", seed=unique_repo), "1.0")
+    sbom = artifact(image, f"{unique_repo}:sbom")
+    vex = artifact(image, f"{unique_repo}:vex", artifact_type="application/vnd.openvex+json")
+    hub_pusher.push(unique_repo, referrers_index([sbom, vex]), schema_tag(image.digest))
+    config = hub_config(tmp_path, hub)
+    entry = (
+        f'[[mirrors]]\nsource = "{hub.host}/{unique_repo}"\n'
+        f'target = "{local.host}/{unique_repo}"\nartifact_types = ["application/spdx+json"]\n'
+    )
+    config.write_text(config.read_text() + "\n" + entry)
+
+    def run() -> Run:
+        done = run_mirror(
+            "sync",
+            "--all",
+            "--json",
+            "--config",
+            str(config),
+            home=tmp_path,
+            env={"HUB_PW": HUB_PASSWORD},
+        )
+        assert done.code == 0, done.describe()
+        return done
+
+    first = run()
+
+    assert first.report["jobs"][0]["report"]["referrers_copied"] == 1
+    listed = httpx.get(
+        f"{local.url}/v2/{unique_repo}/manifests/{schema_tag(image.digest)}",
+        headers={"Accept": OCI_INDEX},
+    ).json()
+    assert [m["digest"] for m in listed["manifests"]] == [sbom.digest]
+    source_index = manifest_digest(
+        hub.url, unique_repo, schema_tag(image.digest), hub.token_getter("tester")
+    )
+    assert listed["annotations"]["io.mirror.source.digest"] == source_index
+    assert manifest_digest(local.url, unique_repo, vex.digest) is None
+
+    hub_since, local_since = hub.log_mark(), local.log_mark()
+    run()  # the source index unchanged: read from the target's annotation, not pulled
+
+    assert manifest_gets(hub, hub_since) == 0 and writes(local, local_since) == []
