@@ -33,6 +33,7 @@ COSIGN_TYPES = {
     "sbom": "application/vnd.dev.cosign.artifact.sbom.v1+json",
 }
 _REFERRER_TAG = re.compile(r"(sha256|sha512)-([0-9a-f]{64}|[0-9a-f]{128})(?:\.(sig|att|sbom))?")
+IN_STEP = ("copied", "skipped", "planned")
 MAX_DEPTH = 3  # referrers of referrers (a signed SBOM, a signature of it) are followed so deep
 
 CopyOne = Callable[..., Awaitable[TagResult]]
@@ -158,13 +159,35 @@ class Referrers:
                 break
             self._done |= {(target_repo, d) for d in level}
             found = await asyncio.gather(
-                *(self._carry_one(source_repo, target_repo, d, tags, on_target) for d in level)
+                *(self._guarded(source_repo, target_repo, d, tags, on_target) for d in level)
             )
             level = set()
             for carried in found:
                 results += carried
-                level |= {Digest(r.digest) for r in carried if r.digest and r.status != "failed"}
+                level |= {Digest(r.digest) for r in carried if r.digest and r.status in IN_STEP}
         return results
+
+    async def _guarded(
+        self,
+        source_repo: str,
+        target_repo: str,
+        subject: Digest,
+        tags: ReferrerTags,
+        on_target: set[str] | None,
+    ) -> list[TagResult]:
+        """``_carry_one``, with a failure to find or index them as one failed result."""
+        try:
+            return await self._carry_one(source_repo, target_repo, subject, tags, on_target)
+        except MirrorError as exc:
+            result = TagResult(
+                source=f"{self.source.name}/{source_repo}@{subject}",
+                target=f"{self.target.name}/{target_repo}:{schema_tag(subject)}",
+                status="failed",
+                error=f"referrers of {subject}: {exc}",
+                referrer_of=str(subject),
+            )
+            self.report.add(result)
+            return [result]
 
     async def _digests(
         self, target_repo: str, subjects: Sequence[Subject], tags: ReferrerTags

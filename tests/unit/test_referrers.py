@@ -252,3 +252,24 @@ def test_metrics_count_referrers_by_result_beside_tags() -> None:
     assert 'mirror_referrers_total{entry="a -> b",result="copied"} 3.0' in text
     assert 'mirror_referrers_total{entry="a -> b",result="skipped"} 2.0' in text
     assert 'mirror_tags_total{entry="a -> b",result="unsupported"} 1.0' in text
+
+
+async def test_a_target_refusing_the_index_is_one_failed_result_not_a_crash(env: Env) -> None:
+    offer_referrers_api(env.src)
+    image = make_image(4, oci=True)
+    env.src.seed("team/app", "1.0", image)
+    env.src.seed("team/app", None, make_artifact(image, SPDX, b"{}"))
+
+    def refuse(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "PUT" and "/manifests/sha256-" in request.url.path:
+            return httpx.Response(400, json={"errors": [{"code": "TAG_INVALID"}]})
+        return None
+
+    env.dst.faults.append(refuse)
+    copier = env.copier()
+
+    results = await sync(copier, request("source.test/team/app", "target.test/team/app"))
+
+    failed = [r for r in results if r.status == "failed"]
+    assert len(failed) == 1 and failed[0].referrer_of == image.digest
+    assert copier.report.referrers_failed == 1 and copier.report.tags_copied == 1
