@@ -41,7 +41,7 @@ from mirror.errors import MirrorError, NotFound, QuotaExhausted, RegistryError, 
 from mirror.manifest import INDEX_TYPES, Descriptor, Platform
 from mirror.plan import Plan, Planner, Priority, TargetState
 from mirror.reference import Digest
-from mirror.referrers import Referrers, ReferrerTags, Subject
+from mirror.referrers import IN_STEP, Referrers, ReferrerTags, Subject
 from mirror.report import CopyReport, Progress, TagResult
 from mirror.retry import TRANSFER, RetryPolicy, Sleep
 from mirror.store import Store
@@ -52,7 +52,6 @@ DEFAULT_CONCURRENCY = 4  # blob transfers in flight at once, across every tag of
 # 200-repository run juggle 1,600 tags for 8 connections (more memory, slower); 16 rather
 # than 8 keeps both registries busy while one waits on its disk (2,000 tags: ~12 % faster).
 TAGS_IN_FLIGHT = 16
-SUBJECT_STATUSES = ("copied", "skipped", "planned")  # in step: what refers to it may follow
 
 
 class Copier:
@@ -228,7 +227,7 @@ class Copier:
         finally:
             if priority is not None:
                 await priority[0].release(priority[1])
-        if plan is not None and referrer_of is None and result.status in SUBJECT_STATUSES:
+        if plan is not None and referrer_of is None and result.status in IN_STEP:
             self._subjects[(source_repo, target_repo)].append(self._subject(plan, result))
         self.report.add(result)
         return result

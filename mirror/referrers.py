@@ -33,7 +33,7 @@ COSIGN_TYPES = {
     "sbom": "application/vnd.dev.cosign.artifact.sbom.v1+json",
 }
 _REFERRER_TAG = re.compile(r"(sha256|sha512)-([0-9a-f]{64}|[0-9a-f]{128})(?:\.(sig|att|sbom))?")
-IN_STEP = ("copied", "skipped", "planned")
+IN_STEP = ("copied", "skipped", "planned")  # results whose manifest is (or would be) there
 MAX_DEPTH = 3  # referrers of referrers (a signed SBOM, a signature of it) are followed so deep
 
 CopyOne = Callable[..., Awaitable[TagResult]]
