@@ -145,6 +145,7 @@ async def tags_command(args: argparse.Namespace) -> int:
     from mirror.errors import MirrorError
     from mirror.jobs import Clients
     from mirror.reference import parse_repository
+    from mirror.referrers import split_tags
     from mirror.selection import select
 
     config = load_config(config_path(args.config))
@@ -165,6 +166,7 @@ async def tags_command(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     finally:
         await clients.aclose()
+    tags, referrer_tags = split_tags(tags)  # no tags to the rules: they follow their images
     selection = select(tags, rules)
     if args.json:
         print(
@@ -188,6 +190,11 @@ async def tags_command(args: argparse.Namespace) -> int:
             mark = "+" if decision.selected else "-"
             print(f"{mark} {decision.tag:<{width}}  {decision.reason}")
         print(f"{len(selection.tags)} of {len(selection.decisions)} tags selected")
+        if referrer_tags:
+            print(
+                f"{len(referrer_tags)} signature and referrer tags (sha256-…) are no tags to the "
+                "rules: each travels with the image it describes"
+            )
     return EXIT_OK
 
 

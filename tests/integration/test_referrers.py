@@ -241,3 +241,21 @@ def test_artifact_types_choose_from_the_source_tag_schema_and_the_target_gets_it
     run()  # the source index unchanged: read from the target's annotation, not pulled
 
     assert manifest_gets(hub, hub_since) == 0 and writes(local, local_since) == []
+
+
+def test_mirror_tags_shows_referrer_tags_apart_from_the_rules(
+    tmp_path: Path, hub: HubRegistry, signed: Signed
+) -> None:
+    run = run_mirror(
+        "tags",
+        f"{hub.host}/{signed.name}",
+        "--config",
+        str(hub_config(tmp_path, hub)),
+        home=tmp_path,
+        env={"HUB_PW": HUB_PASSWORD},
+    )
+
+    assert run.code == 0, run.describe()
+    assert "sha256-" not in run.stdout.split("tags selected")[0]
+    assert "3 of 3 tags selected" in run.stdout
+    assert f"{len(signed.referrer_tags) + 1} signature and referrer tags" in run.stdout
