@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="check full-version tags upstream too (normally a tag like 2.1.106 that the "
         "target already has is trusted: it names one build forever)",
     )
+    sync.add_argument(
+        "--no-referrers",
+        action="store_true",
+        help="leave signatures, attestations and other referrers behind (normally each "
+        "travels with the image it describes)",
+    )
 
     tags = commands.add_parser(
         "tags",

@@ -111,6 +111,7 @@ async def sync_command(args: argparse.Namespace) -> int:
                 report=report,
                 platforms=platforms,
                 flatten=args.flatten,
+                referrers=not args.no_referrers,
             )
             for source_name, target_name in sorted(
                 {(r.source.registry, r.target.registry) for r in requests}
@@ -168,9 +169,9 @@ async def sync_command(args: argparse.Namespace) -> int:
     for result in report.tags:
         if result.status == "failed" or (result.status == "deferred" and not args.quiet):
             error(f"{result.source}: {result.error}")
-    if report.tags_failed:
+    if report.failed:
         return EXIT_FAILED
-    return _deferred_exit(args) if report.tags_deferred else EXIT_OK
+    return _deferred_exit(args) if report.deferred else EXIT_OK
 
 
 def _deferred_exit(args: argparse.Namespace) -> int:
@@ -184,6 +185,7 @@ async def tags_command(args: argparse.Namespace) -> int:
     from mirror.errors import MirrorError
     from mirror.jobs import Clients
     from mirror.reference import parse_repository
+    from mirror.referrers import split_tags
     from mirror.selection import select
 
     config = load_config(config_path(args.config))
@@ -204,6 +206,7 @@ async def tags_command(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     finally:
         await clients.aclose()
+    tags, referrer_tags = split_tags(tags)  # no tags to the rules: they follow their images
     selection = select(tags, rules)
     if args.json:
         print(
@@ -240,6 +243,11 @@ async def tags_command(args: argparse.Namespace) -> int:
             cells = "  ".join(f"{c:<{w}}" for c, w in zip(columns, widths, strict=True))
             print(f"{mark} {cells}  {reason}")
         print(f"{len(selection.tags)} of {len(selection.decisions)} tags selected")
+        if referrer_tags:
+            print(
+                f"{len(referrer_tags)} signature and referrer tags (sha256-…) are no tags to the "
+                "rules: each travels with the image it describes"
+            )
     return EXIT_OK
 
 
@@ -347,7 +355,13 @@ async def plan_command(args: argparse.Namespace) -> int:
     finally:
         await clients.aclose()
 
-    action = {"planned": "copy", "skipped": "skip", "deferred": "defer", "failed": "FAIL"}
+    action = {
+        "planned": "copy",
+        "skipped": "skip",
+        "deferred": "defer",
+        "failed": "FAIL",
+        "unsupported": "leave",
+    }
     tags = [t for r in results for t in r.report.tags]
     totals = {
         "copy": sum(t.status == "planned" for t in tags),
@@ -479,7 +493,7 @@ async def sync_all_command(args: argparse.Namespace) -> int:
         )
     if any(r.outcome != "success" for r in results):
         return EXIT_FAILED
-    return _deferred_exit(args) if any(r.report.tags_deferred for r in results) else EXIT_OK
+    return _deferred_exit(args) if any(r.report.deferred for r in results) else EXIT_OK
 
 
 def log_level(args: argparse.Namespace) -> int:

@@ -196,6 +196,8 @@ class EntryDefaults(BaseModel):
     flatten: bool | None = None
     prune: PruneMode | None = None
     prune_after: DurationOrZero | None = None
+    referrers: bool | None = None
+    artifact_types: list[str] | None = None
 
     @model_validator(mode="after")
     def _one_schedule(self) -> EntryDefaults:
@@ -226,6 +228,12 @@ class MirrorEntry(BaseModel):
     )
     prune_after: DurationOrZero = Field(
         default=DEFAULT_PRUNE_AFTER_S, description="grace from when a tag was first seen gone"
+    )
+    referrers: bool = Field(
+        default=True, description="carry signatures, attestations and referrers with the images"
+    )
+    artifact_types: list[str] = Field(
+        default_factory=list, description="only referrers of these artifact types (all if empty)"
     )
 
     def platform_list(self) -> list[Platform]:

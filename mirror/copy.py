@@ -23,6 +23,10 @@ The copy, step by step:
    the original bytes with the original media type. The tag is written last, so the target
    never holds a tag that points at missing content, and read back. (``mirror.transfer``)
 
+6. Once a repository's tags are in step, carry what refers to each manifest written or found
+   in step (the tag's, an index's and its images'): cosign's signature tags, and the referrers
+   the source lists, each after its subject. (``mirror.referrers``)
+
 A dry run stops after step 3 and reports what it would move (``mirror.report``). Source and
 target are any ``mirror.store.Store``: the registry client, ``mirror.registry``, or a
 directory of OCI image layouts, ``mirror.layout``.
@@ -31,12 +35,14 @@ directory of OCI image layouts, ``mirror.layout``.
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from collections.abc import Sequence
 
-from mirror.errors import MirrorError, QuotaExhausted
-from mirror.manifest import Platform
+from mirror.errors import MirrorError, NotFound, QuotaExhausted, RegistryError, Unsupported
+from mirror.manifest import INDEX_TYPES, Descriptor, Platform
 from mirror.plan import Plan, Planner, Priority, TargetState
 from mirror.reference import Digest
+from mirror.referrers import IN_STEP, Referrers, ReferrerTags, Subject
 from mirror.report import CopyReport, Progress, TagResult
 from mirror.retry import TRANSFER, RetryPolicy, Sleep
 from mirror.store import Store
@@ -71,11 +77,18 @@ class Copier:
         platforms: Sequence[Platform] = (),
         flatten: bool = False,
         flattened: dict[tuple[Digest, str], Digest] | None = None,
+        referrers: bool = True,
+        artifact_types: Sequence[str] = (),
+        unsupported: dict[Digest, str] | None = None,
     ) -> None:
         """``flatten`` with one platform copies that platform's image as a plain manifest
         under the tag; ``flattened`` remembers which image each index gave, so a daemon's
         later runs know an unchanged index without pulling it (pass the same dict each run).
-        ``blob_attempts`` is how often a failed blob transfer is tried in all.
+        ``blob_attempts`` is how often a failed blob transfer is tried in all. ``referrers``
+        says whether a repository sync carries signatures and referrers (``carry_referrers``),
+        ``artifact_types`` which of them (all when empty). ``unsupported`` remembers source
+        digests left on purpose (foreign layers the target refused), so a daemon's later runs
+        do not pull them again (pass the same dict each run).
         """
         if flatten and len(platforms) != 1:
             raise MirrorError("flatten takes exactly one platform")
@@ -94,6 +107,7 @@ class Copier:
             platforms=platforms,
             flatten=flatten,
             flattened=flattened,
+            unsupported=unsupported,
         )
         self._transfer = Transfer(
             source,
@@ -106,6 +120,18 @@ class Copier:
             sleep=sleep,
         )
         self._planned: set[tuple[str, Digest]] = set()  # dry run: what was counted as moving
+        self.referrers = referrers
+        self._referrers = Referrers(
+            source,
+            target,
+            self._planner,
+            self.report,
+            self.copy,
+            slots=self.tag_slots,
+            dry_run=dry_run,
+            artifact_types=artifact_types,
+        )
+        self._subjects: defaultdict[tuple[str, str], list[Subject]] = defaultdict(list)
 
     def tagless(self, repository: str) -> None:
         """Say that the target's ``repository`` holds no tags (its tags list is empty, or it
@@ -132,6 +158,7 @@ class Copier:
         immutable: bool = False,
         absent: bool = False,
         priority: Priority | None = None,
+        referrer_of: Digest | None = None,
     ) -> TagResult:
         """Make ``target_repo:target_reference`` match ``source_repo:reference``; never raises.
 
@@ -141,7 +168,11 @@ class Copier:
         no such tag (its tags list says so): the target is not asked again. The result says
         whether the tag was copied, skipped (already equal), planned (dry run), deferred (the
         pull budget is spent) or failed, and why. ``priority`` orders tags competing for a
-        tight pull budget.
+        tight pull budget. ``referrer_of`` copies a signature or referrer of that digest, as it
+        is (no platform subset), counted apart from tags.
+
+        A manifest with a ``subject`` goes after it: a subject the target lacks is copied (by
+        digest) first.
         """
         target_reference = target_reference or reference
         result = TagResult(
@@ -151,7 +182,9 @@ class Copier:
             target_registry=self.target.name,
             target_repository=target_repo,
             target_tag=None if ":" in target_reference else target_reference,
+            referrer_of=str(referrer_of) if referrer_of is not None else None,
         )
+        plan: Plan | None = None
         try:
             plan = await self._planner.plan(
                 source_repo,
@@ -161,6 +194,7 @@ class Copier:
                 immutable=immutable,
                 absent=absent,
                 priority=priority,
+                verbatim=referrer_of is not None,
             )
             result.digest = plan.digest
             result.pulls = plan.pulls
@@ -177,12 +211,24 @@ class Copier:
                     result.status = "planned"
                     self._count_planned(target_repo, plan)
                 else:
-                    there = await self._transfer.execute(
-                        plan, source_repo, target_repo, target_reference
-                    )
+                    subject = plan.top.subject
+                    if subject is not None:
+                        result.pulls += await self._subject_first(
+                            source_repo, target_repo, subject.digest
+                        )
+                    there = await self._execute(plan, source_repo, target_repo, target_reference)
                     result.blobs_missing -= len(there)
                     result.bytes_missing -= sum(b.size for b in there)
                     result.status = "copied"
+                foreign = sum(m.foreign_layers for m in (plan.top, *plan.children))
+                if foreign:
+                    result.note = (
+                        f"{foreign} foreign layers (Windows base layers) stay at their URLs, "
+                        "where clients fetch them; the manifest is carried as it is"
+                    )
+        except Unsupported as exc:
+            result.status = "unsupported"
+            result.error = str(exc)
         except QuotaExhausted as exc:
             result.status = "deferred"
             result.error = str(exc)
@@ -191,8 +237,73 @@ class Copier:
         finally:
             if priority is not None:
                 await priority[0].release(priority[1])
+        if plan is not None and referrer_of is None and result.status in IN_STEP:
+            self._subjects[(source_repo, target_repo)].append(self._subject(plan, result))
         self.report.add(result)
         return result
+
+    async def _execute(
+        self, plan: Plan, source_repo: str, target_repo: str, target_reference: str
+    ) -> list[Descriptor]:
+        """Steps 4-5; a target that refuses foreign layers leaves the tag unsupported, and
+        the source digest is remembered so that it is not pulled again while unchanged."""
+        try:
+            return await self._transfer.execute(plan, source_repo, target_repo, target_reference)
+        except RegistryError as exc:
+            assert plan.top is not None
+            foreign = sum(m.foreign_layers for m in (plan.top, *plan.children))
+            # distribution refuses them with 400 MANIFEST_INVALID, or (2.8) a 500 naming
+            # MANIFEST_BLOB_UNKNOWN: the foreign blob it will not fetch.
+            refused = {"MANIFEST_INVALID", "MANIFEST_BLOB_UNKNOWN"} & set(exc.codes)
+            if not foreign or not (exc.status == 400 or refused):
+                raise
+            reason = (
+                f"its {foreign} foreign layers (Windows base layers, fetched from their URLs) "
+                f"are refused by {self.target.name} (HTTP {exc.status}); a registry takes "
+                "them with validation.manifests.urls.allow set (mirror run does not pull it "
+                "again while its digest stays the same)"
+            )
+            self._planner.unsupported[plan.source_digest or plan.digest] = reason
+            raise Unsupported(reason) from None
+
+    async def carry_referrers(
+        self,
+        source_repo: str,
+        target_repo: str,
+        tags: ReferrerTags,
+        on_target: set[str] | None = None,
+    ) -> list[TagResult]:
+        """Step 6 for what this run copied from ``source_repo`` to ``target_repo`` so far:
+        carry the signatures and referrers of each manifest in step (``tags``: the referrer
+        tags of the source's tags list; ``on_target``: the target's tags, when listed)."""
+        subjects = self._subjects.pop((source_repo, target_repo), [])
+        return await self._referrers.carry(source_repo, target_repo, subjects, tags, on_target)
+
+    def _subject(self, plan: Plan, result: TagResult) -> Subject:
+        """What a tag put in step, as a subject whose referrers may follow."""
+        if plan.top is not None:
+            is_index: bool | None = plan.top.is_index
+        elif plan.source_digest is not None and plan.source_digest != plan.digest:
+            is_index = not self._planner.flatten  # a platform subset, or a flattened image
+        else:
+            head_type = self._planner.head_types.get(plan.digest)
+            is_index = None if head_type is None else head_type in INDEX_TYPES
+        return Subject(plan.digest, plan.top, is_index, result, plan.source_digest)
+
+    async def _subject_first(self, source_repo: str, target_repo: str, subject: Digest) -> int:
+        """Copy ``subject`` by digest unless the target holds it; the pulls it cost. A subject
+        the source lacks is no reason to refuse what refers to it (registries take it)."""
+        if await self._planner.on_target(target_repo, subject):
+            return 0
+        try:
+            plan = await self._planner.plan(
+                source_repo, str(subject), target_repo, str(subject), verbatim=True
+            )
+        except NotFound:
+            return 0
+        if plan.top is not None:
+            await self._transfer.execute(plan, source_repo, target_repo, str(subject))
+        return plan.pulls
 
     def _count_planned(self, target_repo: str, plan: Plan) -> None:
         """In a dry run, count each blob and manifest that would move once, as a run would."""

@@ -11,6 +11,7 @@ Nothing here knows about HTTP clients.
     ├── DigestMismatch          content whose sha256 is not the digest it was asked for
     ├── QuotaExhausted          a pull now would eat into the reserve or hit the pull limit
     ├── ManifestError           a manifest that cannot be used (not JSON, too large, unknown type)
+    │   └── Unsupported         content mirror leaves on purpose: schema 1, refused foreign layers
     ├── LayoutError             an OCI image layout on disk that cannot be read or written
     └── RegistryError           a registry answered with an error status or could not be reached
         ├── Unauthorized        401 / 403: missing or wrong credentials, or access denied
@@ -52,6 +53,11 @@ class ManifestError(MirrorError):
 class LayoutError(MirrorError):
     """An OCI image layout that cannot be read (a bad ``index.json``) or written (a full
     disk); the message names the path. Not retried: waiting does not mend either."""
+
+
+class Unsupported(ManifestError):
+    """Content mirror does not copy, on purpose and for good: a Docker schema 1 manifest, or
+    foreign layers the target refuses. Not a failure, and not tried again while unchanged."""
 
 
 class DigestMismatch(MirrorError):

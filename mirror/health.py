@@ -58,13 +58,20 @@ class Metrics:
         )
         self.tags = Counter(
             "mirror_tags",
-            "Tags checked, by result (copied, skipped, failed, deferred)",
+            "Tags checked, by result (copied, skipped, failed, deferred, unsupported)",
             ["entry", "result"],
             registry=r,
         )
         self.blobs = Counter(
             "mirror_blobs",
             "Blobs by what happened (copied, mounted, present)",
+            ["entry", "result"],
+            registry=r,
+        )
+        self.referrers = Counter(
+            "mirror_referrers",
+            "Signatures, attestations and referrers carried with their images, by result "
+            "(copied, skipped, failed, deferred)",
             ["entry", "result"],
             registry=r,
         )
@@ -145,9 +152,14 @@ class Metrics:
         self.tags.labels(job, "skipped").inc(report.tags_skipped)
         self.tags.labels(job, "failed").inc(report.tags_failed)
         self.tags.labels(job, "deferred").inc(report.tags_deferred)
+        self.tags.labels(job, "unsupported").inc(report.tags_unsupported)
         self.blobs.labels(job, "copied").inc(report.blobs_copied)
         self.blobs.labels(job, "mounted").inc(report.blobs_mounted)
         self.blobs.labels(job, "present").inc(report.blobs_present)
+        self.referrers.labels(job, "copied").inc(report.referrers_copied)
+        self.referrers.labels(job, "skipped").inc(report.referrers_skipped)
+        self.referrers.labels(job, "failed").inc(report.referrers_failed)
+        self.referrers.labels(job, "deferred").inc(report.referrers_deferred)
         self.bytes_copied.labels(job).inc(report.bytes_copied)
         self.manifest_gets.labels(job).inc(report.upstream_manifest_gets)
         self.duration.labels(job).observe(result.seconds)
@@ -161,7 +173,7 @@ class Metrics:
     def forget(self, job: str) -> None:
         """Drop a removed job's series, so /metrics shows only jobs that exist."""
         self._scheduled.discard(job)
-        for metric in (self.job_runs, self.tags, self.blobs):
+        for metric in (self.job_runs, self.tags, self.blobs, self.referrers):
             for labels in list(metric._metrics):
                 if labels[0] == job:
                     metric.remove(*labels)

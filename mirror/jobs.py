@@ -25,6 +25,7 @@ from mirror.layout import Layout
 from mirror.manifest import Platform
 from mirror.plan import PriorityGate
 from mirror.reference import Namespace, Reference, is_layout, layout_name, resolve_target
+from mirror.referrers import ReferrerTags, split_tags
 from mirror.registry import Registry
 from mirror.report import CopyReport, Progress, TagResult
 from mirror.selection import (
@@ -48,6 +49,8 @@ _TAG_EVENTS = {
     # Not a failure: the tag arrives when the pull window frees (journalctl -p warning shows
     # failures only).
     "deferred": ("info", "tag deferred"),
+    # Left on purpose (schema 1, foreign layers the target refuses): one line a run saying why.
+    "unsupported": ("info", "tag not copied"),
 }
 
 
@@ -74,6 +77,7 @@ class Clients:
         self._clients: dict[str, Registry | Layout] = {}
         self.flattened: dict[Any, Any] = {}  # index digest -> the image a flatten took
         self._state: State | None = None
+        self.unsupported: dict[Any, str] = {}  # source digest left on purpose -> why
 
     @property
     def state(self) -> State:
@@ -221,15 +225,18 @@ async def sync(
     A repository's tags are filtered by ``rules``. Tags matching ``immutable`` (full
     versions, and their pinned variants: see ``is_full_version``) that the target already has
     are not checked upstream; None checks every tag.
+    Signature and referrer tags (``sha256-<hex>.sig`` …) are no tags to the rules: when the
+    copier carries referrers, they follow the manifests they describe, after them.
     """
     source, target = request.source, request.target
     if source.digest is not None:
         result = await copier.copy(
             source.repository, source.digest, target.repository, source.tag or source.digest
         )
-        return [result]
+        return [result, *await _referrers(copier, request, None)]
     on_target: set[str] | None = None  # the target's tags, when its tags list was read
     pinned: frozenset[str] = frozenset()  # variants trusted like plain versions (alpine3.20)
+    referrer_tags = ReferrerTags()
     if source.tag is not None:
         tags = [source.tag]
     else:
@@ -238,8 +245,10 @@ async def sync(
                 copier.source.list_tags(source.repository),
                 _target_tags(copier, target.repository),
             )
+            listed, referrer_tags = split_tags(listed)  # even when not carried: no tags to copy
             selection = select(listed, rules)
             tags, pinned = newest_first(selection.tags), selection.pinned_variants
+            tags = newest_first(select(listed, rules).tags)
             if on_target is not None and not on_target:
                 copier.tagless(target.repository)
         except MirrorError as exc:
@@ -263,7 +272,30 @@ async def sync(
                 priority=(gate, turn),
             )
 
-    return list(await asyncio.gather(*(one(turn, tag) for turn, tag in enumerate(tags))))
+    results = list(await asyncio.gather(*(one(turn, tag) for turn, tag in enumerate(tags))))
+    if source.tag is not None:
+        return results + await _referrers(copier, request, None)
+    return results + await _referrers(copier, request, referrer_tags, on_target)
+
+
+async def _referrers(
+    copier: Copier,
+    request: SyncRequest,
+    tags: ReferrerTags | None,
+    on_target: set[str] | None = None,
+) -> list[TagResult]:
+    """Carry the signatures and referrers of what was put in step (step 6 of a copy). For one
+    tag or digest, the source's tags list is read for them here (one request)."""
+    if not copier.referrers:
+        return []
+    if tags is None:
+        try:
+            tags = split_tags(await copier.source.list_tags(request.source.repository))[1]
+        except MirrorError:
+            tags = ReferrerTags()  # found by the referrers API alone, where offered
+    return await copier.carry_referrers(
+        request.source.repository, request.target.repository, tags, on_target
+    )
 
 
 async def _target_tags(copier: Copier, repository: str) -> set[str] | None:
@@ -354,6 +386,9 @@ async def run_entry(
             platforms=entry.platform_list(),
             flatten=entry.flatten,
             flattened=clients.flattened,
+            referrers=entry.referrers,
+            artifact_types=entry.artifact_types,
+            unsupported=clients.unsupported,
         )
         if entry.is_namespace:
             repositories = await clients.get(source_registry).list_repositories(source_ns.path)
@@ -401,10 +436,14 @@ async def run_entry(
                 fields["source_digest"] = tag.source_digest
         else:
             fields["error" if tag.status == "failed" else "reason"] = tag.error
+        if tag.referrer_of:
+            fields["referrer_of"] = tag.referrer_of
+        if tag.note:
+            fields["note"] = tag.note
         getattr(log, level)(event, **fields)
     if error is not None or (report.tags_failed and report.tags_failed == report.tags_checked):
         outcome: Outcome = "failed"
-    elif report.tags_failed:
+    elif report.failed:
         outcome = "partial"
     else:
         outcome = "success"
@@ -431,10 +470,12 @@ async def run_entry(
         tags_skipped=report.tags_skipped,
         tags_failed=report.tags_failed,
         tags_deferred=report.tags_deferred,
+        tags_unsupported=report.tags_unsupported,
         blobs_copied=report.blobs_copied,
         blobs_mounted=report.blobs_mounted,
         bytes=report.bytes_copied,
         upstream_manifest_gets=report.upstream_manifest_gets,
+        referrers_copied=report.referrers_copied,
         seconds=round(seconds, 3),
         **({"error": error} if error else {}),
     )

@@ -26,7 +26,7 @@ from typing import Any
 from mirror.bundle import Bundle, Inventory
 from mirror.errors import DigestMismatch, InvalidReference, LayoutError, NotFound
 from mirror.files import BlobWriter, failure, link_or_copy, read_capped, read_chunks, write_atomic
-from mirror.manifest import MAX_MANIFEST_BYTES, OCI_INDEX, Manifest, parse_manifest
+from mirror.manifest import MAX_MANIFEST_BYTES, OCI_INDEX, Descriptor, Manifest, parse_manifest
 from mirror.quota import PullBudget, RateLimit
 from mirror.reference import (
     BUNDLE_FILE,
@@ -194,6 +194,10 @@ class Layout:
             raise NotFound(f"{self.name}: no layout {repository} ({self._dir(repository)})")
         tags = [tag for e in entries or [] if (tag := _tag_of(e)) is not None]
         return list(dict.fromkeys(tags + inside))
+
+    async def list_referrers(self, repository: str, digest: Digest) -> list[Descriptor] | None:
+        """None: a layout has no referrers API; its referrers travel as tags (tag schema)."""
+        return None
 
     async def list_repositories(self, prefix: str = "") -> list[str]:
         """Every layout under DIR (a directory with an ``oci-layout`` file), by its path."""

@@ -90,9 +90,29 @@ class Descriptor:
     platform: Platform | None = None
     urls: tuple[str, ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
+    artifact_type: str | None = None  # OCI 1.1: what kind of artifact it points at
 
     def annotation(self, key: str) -> str | None:
         return dict(self.annotations).get(key)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The descriptor as the OCI JSON it is written in (for an index mirror writes)."""
+        data: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": str(self.digest),
+            "size": self.size,
+        }
+        if self.artifact_type:
+            data["artifactType"] = self.artifact_type
+        if self.platform is not None:
+            data["platform"] = {"architecture": self.platform.architecture, "os": self.platform.os}
+            if self.platform.variant:
+                data["platform"]["variant"] = self.platform.variant
+        if self.urls:
+            data["urls"] = list(self.urls)
+        if self.annotations:
+            data["annotations"] = dict(self.annotations)
+        return data
 
     @property
     def attests(self) -> Digest | None:
@@ -113,7 +133,10 @@ class Manifest:
     """A manifest as served: its raw bytes, media type and digest, and what it refers to.
 
     ``children`` are the manifests an index lists; ``blobs`` are the config and layers of an
-    image manifest (foreign layers left out: the registry holds no copy of them).
+    image manifest (foreign layers left out: the registry holds no copy of them, and
+    ``foreign_layers`` counts them). ``subject`` is the manifest this one refers to (OCI 1.1:
+    a signature, an SBOM), ``artifact_type`` what kind of artifact it is (its
+    ``artifactType``, else its config's media type, as the referrers API reports it).
     """
 
     raw: bytes = field(repr=False)
@@ -121,6 +144,9 @@ class Manifest:
     digest: Digest
     children: tuple[Descriptor, ...] = ()
     blobs: tuple[Descriptor, ...] = ()
+    subject: Descriptor | None = None
+    artifact_type: str | None = None
+    foreign_layers: int = 0
 
     @property
     def is_index(self) -> bool:
@@ -132,6 +158,18 @@ class Manifest:
 
     def descriptor(self) -> Descriptor:
         return Descriptor(self.media_type, self.digest, len(self.raw))
+
+    def referrer_descriptor(self) -> Descriptor:
+        """How a referrers list names this manifest: with its artifact type and annotations."""
+        annotations = json.loads(self.raw).get("annotations") if self.raw else None
+        pairs = annotations.items() if isinstance(annotations, dict) else ()
+        return Descriptor(
+            self.media_type,
+            self.digest,
+            len(self.raw),
+            annotations=tuple((str(k), str(v)) for k, v in pairs),
+            artifact_type=self.artifact_type,
+        )
 
     def annotation(self, key: str) -> str | None:
         """A top-level annotation of the manifest, read from its bytes."""
@@ -175,15 +213,32 @@ def parse_manifest(
         raise ManifestError(f"manifest {digest} is not a JSON object")
 
     media_type = _media_type(document, content_type, digest)
+    declared_type = document.get("artifactType")
     try:
+        subject = _descriptor(document["subject"]) if document.get("subject") else None
         if media_type in INDEX_TYPES:
             children = tuple(_descriptor(d) for d in _list(document, "manifests"))
-            return Manifest(raw, media_type, digest, children=children)
+            return Manifest(
+                raw,
+                media_type,
+                digest,
+                children=children,
+                subject=subject,
+                artifact_type=str(declared_type) if declared_type else None,
+            )
         blobs = [_descriptor(document.get("config"))]
         blobs += [_descriptor(d) for d in _list(document, "layers")]
     except (KeyError, TypeError, ValueError, InvalidReference) as exc:
         raise ManifestError(f"manifest {digest} has a malformed descriptor: {exc}") from None
-    return Manifest(raw, media_type, digest, blobs=tuple(b for b in blobs if not b.is_foreign))
+    return Manifest(
+        raw,
+        media_type,
+        digest,
+        blobs=tuple(b for b in blobs if not b.is_foreign),
+        subject=subject,
+        artifact_type=str(declared_type) if declared_type else blobs[0].media_type,
+        foreign_layers=sum(1 for b in blobs if b.is_foreign),
+    )
 
 
 def _media_type(document: dict[str, Any], content_type: str | None, digest: Digest) -> str:
@@ -227,6 +282,7 @@ def _descriptor(data: Any) -> Descriptor:
     annotations = data.get("annotations") or {}
     if not isinstance(annotations, dict):
         raise ValueError("annotations is not a JSON object")
+    artifact_type = data.get("artifactType")
     return Descriptor(
         media_type=str(data.get("mediaType", "")),
         digest=Digest.parse(data["digest"]),
@@ -234,6 +290,7 @@ def _descriptor(data: Any) -> Descriptor:
         platform=platform,
         urls=tuple(data.get("urls") or ()),
         annotations=tuple((str(k), str(v)) for k, v in annotations.items()),
+        artifact_type=str(artifact_type) if artifact_type else None,
     )
 
 

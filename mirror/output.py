@@ -22,6 +22,7 @@ def print_report(report: CopyReport, elapsed: float) -> None:
         "failed": "FAILED",
         "planned": "would copy",
         "deferred": "deferred",
+        "unsupported": "not copied",
     }
     for result in report.tags:
         line = f"{verb[result.status]:<10} {result.source} -> {result.target}"
@@ -33,17 +34,42 @@ def print_report(report: CopyReport, elapsed: float) -> None:
             result.blobs_missing or result.bytes_missing
         ):
             line += f"  {result.blobs_missing} blobs, {size(result.bytes_missing)}"
+        if result.referrer_of:
+            line += f"  (refers to {result.referrer_of[:19]})"
+        if result.status == "unsupported":
+            line += f": {result.error}"
+        if result.note:
+            line += f"; {result.note}"
         print(line)
     would = "would be " if report.dry_run else ""
     print(
         f"{report.tags_checked} tags: {report.tags_copied} {would}copied, "
         f"{report.tags_skipped} in sync, {report.tags_failed} failed"
-        + (f", {report.tags_deferred} deferred; " if report.tags_deferred else "; ")
+        + (f", {report.tags_deferred} deferred" if report.tags_deferred else "")
+        + (f", {report.tags_unsupported} not copied; " if report.tags_unsupported else "; ")
         + f"blobs: {report.blobs_copied} {would}copied ({size(report.bytes_copied)}), "
         f"{report.blobs_mounted} mounted, {report.blobs_present} already present; "
         f"{report.manifests_pushed} manifests {would}pushed; "
-        f"{report.upstream_manifest_gets} upstream manifest GETs; {elapsed:.1f} s"
+        f"{report.upstream_manifest_gets} upstream manifest GETs; "
+        + _referrers_summary(report, would)
+        + f"{elapsed:.1f} s"
     )
+
+
+def _referrers_summary(report: CopyReport, would: str) -> str:
+    """``referrers: 3 copied, 2 in sync; `` (nothing when the run met none)."""
+    counts = (
+        report.referrers_copied,
+        report.referrers_skipped,
+        report.referrers_failed,
+        report.referrers_deferred,
+    )
+    if not any(counts):
+        return ""
+    text = f"referrers: {counts[0]} {would}copied, {counts[1]} in sync"
+    text += f", {counts[2]} failed" if counts[2] else ""
+    text += f", {counts[3]} deferred" if counts[3] else ""
+    return text + "; "
 
 
 def size(nbytes: int) -> str:

@@ -14,14 +14,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from mirror.errors import MirrorError, NotFound, QuotaExhausted, RateLimited
-from mirror.manifest import Descriptor, Manifest, Platform, filter_index
+from mirror.errors import MirrorError, NotFound, QuotaExhausted, RateLimited, Unsupported
+from mirror.manifest import DOCKER_SCHEMA1, Descriptor, Manifest, Platform, filter_index
 from mirror.reference import Digest
 from mirror.report import CopyReport
 from mirror.store import Store
 
 SOURCE_DIGEST_ANNOTATION = "io.mirror.source.digest"  # on a platform-filtered index
 PLATFORMS_ANNOTATION = "io.mirror.platforms"  # which platforms it keeps, sorted, comma-joined
+# A platform subset has a digest of its own: what was signed upstream was the source index.
+REFERRERS_ANNOTATION = "io.mirror.referrers"
+REFERRERS_NOTE = (
+    "signatures and attestations of the source index do not apply to this platform subset; "
+    "those of its images do, and travel with them"
+)
 
 _T = TypeVar("_T")
 
@@ -153,6 +159,7 @@ class Planner:
         platforms: Sequence[Platform] = (),
         flatten: bool = False,
         flattened: dict[tuple[Digest, str], Digest] | None = None,
+        unsupported: dict[Digest, str] | None = None,
     ) -> None:
         self.source = source
         self.target = target
@@ -162,9 +169,12 @@ class Planner:
         self.platforms = tuple(platforms)
         self.flatten = flatten
         self._flattened = flattened if flattened is not None else {}
+        # Source digests left on purpose, and why: not pulled again while they stay unchanged.
+        self.unsupported = unsupported if unsupported is not None else {}
         self._platforms_key = ",".join(sorted(str(p) for p in self.platforms))
         self._manifests: dict[tuple[str, Digest], asyncio.Future[Manifest]] = {}
         self._fetched: dict[Digest, Manifest] = {}
+        self.head_types: dict[Digest, str] = {}  # media types the HEADs of step 1 reported
 
     async def plan(
         self,
@@ -176,8 +186,13 @@ class Planner:
         immutable: bool = False,
         absent: bool = False,
         priority: Priority | None = None,
+        verbatim: bool = False,
     ) -> Plan:
-        """Steps 1-3 for ``target_repo:target_reference`` from ``source_repo:reference``."""
+        """Steps 1-3 for ``target_repo:target_reference`` from ``source_repo:reference``.
+
+        ``verbatim`` plans the manifest as it is, whatever platforms the run keeps: a
+        signature or a referrers index is copied with its digest, never cut down.
+        """
         digest, target_digest = await self._compare(
             source_repo,
             reference,
@@ -186,7 +201,9 @@ class Planner:
             immutable=immutable,
             absent=absent,
         )
-        plan = await self._plan(source_repo, target_repo, digest, target_digest, priority)
+        plan = await self._plan(
+            source_repo, target_repo, digest, target_digest, priority, verbatim=verbatim
+        )
         plan.previous = target_digest
         return plan
 
@@ -197,16 +214,22 @@ class Planner:
         digest: Digest,
         target_digest: Digest | None,
         priority: Priority | None,
+        *,
+        verbatim: bool,
     ) -> Plan:
         """Steps 2-3, once step 1 gave the source's ``digest`` and the target's."""
+        flatten = self.flatten and not verbatim
+        platforms = bool(self.platforms) and not verbatim
         if target_digest == digest:
             return Plan(digest)
+        if digest in self.unsupported:
+            raise Unsupported(self.unsupported[digest])
         if priority is not None and self.source.budget.available is not None:
             await priority[0].wait(priority[1])  # pulls ahead: take the budget in turn
-        if self.flatten and target_digest is not None:
+        if flatten and target_digest is not None:
             if self._flattened.get((digest, self._platforms_key)) == target_digest:
                 return Plan(target_digest, source_digest=digest)  # this index's image
-        elif self.platforms and target_digest is not None:
+        elif platforms and target_digest is not None:
             on_target = await self._manifest_from_target(target_repo, target_digest)
             if on_target.annotation(SOURCE_DIGEST_ANNOTATION) == digest and (
                 on_target.annotation(PLATFORMS_ANNOTATION) == self._platforms_key
@@ -219,7 +242,7 @@ class Planner:
 
         pulls = 0 if self._pulled_or_pulling(source_repo, digest) else 1
         top = await self._manifest(source_repo, digest)
-        if top.is_index and self.flatten:
+        if top.is_index and flatten:
             image = self._platform_image(top)
             self._flattened[(digest, self._platforms_key)] = image.digest
             if target_digest == image.digest:
@@ -229,7 +252,7 @@ class Planner:
                 return Plan(image.digest, on_target, source_digest=digest, pulls=pulls)
             pulls += 0 if self._pulled_or_pulling(source_repo, image.digest) else 1
             top = await self._manifest(source_repo, image.digest)
-        elif top.is_index and self.platforms:
+        elif top.is_index and platforms:
             top = self._only_platforms(top)
             if await self._target_has_manifest(target_repo, top.digest):
                 return Plan(top.digest, top, source_digest=digest, pulls=pulls)
@@ -299,7 +322,11 @@ class Planner:
         return filter_index(
             index,
             keep,
-            {SOURCE_DIGEST_ANNOTATION: index.digest, PLATFORMS_ANNOTATION: self._platforms_key},
+            {
+                SOURCE_DIGEST_ANNOTATION: index.digest,
+                PLATFORMS_ANNOTATION: self._platforms_key,
+                REFERRERS_ANNOTATION: REFERRERS_NOTE,
+            },
         )
 
     async def _compare(
@@ -328,6 +355,7 @@ class Planner:
         elif immutable:
             target_head = await self.target.head_manifest(target_repo, target_reference)
             if target_head is not None and target_head.digest is not None:
+                self.head_types[target_head.digest] = target_head.media_type
                 return target_head.digest, target_head.digest
             source_head = await self.source.head_manifest(source_repo, reference)
         else:
@@ -341,10 +369,18 @@ class Planner:
                 method="HEAD",
                 status=404,
             )
+        if source_head.media_type in DOCKER_SCHEMA1:
+            # Told by the HEAD, which is no pull: the GET would be one, every run, for nothing.
+            raise Unsupported(
+                f"{source_repo}:{reference} is a Docker schema 1 manifest "
+                f"({source_head.media_type}); mirror copies Docker schema 2 and OCI manifests "
+                "only (converting would change the digest): not copied, not pulled"
+            )
         if source_head.digest is None:  # registry sent no Docker-Content-Digest: GET tells
             digest = (await self._get_source(source_repo, reference)).digest
         else:
             digest = source_head.digest
+        self.head_types[digest] = source_head.media_type
         return digest, target_head.digest if target_head is not None else None
 
     def _pulled_or_pulling(self, source_repo: str, digest: Digest) -> bool:
@@ -387,6 +423,18 @@ class Planner:
                 f"registry {self.source.name}: pulling {what} ({pulls}) would go past the "
                 f"pull budget ({self.source.budget.describe()}); deferred"
             )
+
+    async def source_manifest(self, repo: str, digest: Digest) -> Manifest:
+        """A manifest read from the source by digest, once per run, charged to the budget."""
+        return await self._manifest(repo, digest)
+
+    async def target_manifest(self, repo: str, digest: Digest) -> Manifest:
+        """A manifest the target holds, read from it (never a pull), once per run."""
+        return await self._manifest_from_target(repo, digest)
+
+    async def on_target(self, repo: str, digest: Digest) -> bool:
+        """Whether the target's ``repo`` holds manifest ``digest`` (asked once per run)."""
+        return await self._target_has_manifest(repo, digest)
 
     async def _manifest_from_target(self, repo: str, digest: Digest) -> Manifest:
         if digest in self._fetched:

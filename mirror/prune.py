@@ -7,8 +7,9 @@ it for ``prune_after`` since that was first seen (the state keeps when); the sta
 itself wrote it; a HEAD right before deleting finds the target tag still on the digest mirror
 wrote (never a tag someone pushed or re-pointed); and no tag that stays shares that digest,
 nor lists it in an index (distribution deletes by digest, taking every tag on it along). Every
-other tag is reported as kept, with why. Does not copy, schedule, or free disk: the registry's
-garbage collection does that.
+other tag is reported as kept, with why; signature and referrer tags (``sha256-<hex>.sig``) are
+never candidates: they are no tags to the rules. Does not copy, schedule, or free disk: the
+registry's garbage collection does that.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mirror.jobs import Clients
 from mirror.manifest import INDEX_TYPES
 from mirror.output import error, warning
 from mirror.reference import Digest, parse_reference
+from mirror.referrers import is_referrer_tag
 from mirror.selection import select
 from mirror.state import State
 from mirror.store import Store
@@ -116,6 +118,8 @@ async def prune_entry(
         listed_set = set(listed)
         candidates = []
         for row in repo_rows:
+            if is_referrer_tag(row["tag"]):
+                continue  # a signature or referrer follows its subject, never the tag rules
             if row["tag"] in selected:
                 if row["missing_since"] is not None and not dry_run:
                     state.clear_missing(target_registry, repository, row["tag"])

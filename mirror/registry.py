@@ -2,11 +2,11 @@
 
 Owns endpoints and which of them is plain HTTP (loopback, or registries marked insecure), the
 verbs (``head_manifest``, ``get_manifest``, ``put_manifest``, ``blob_exists``, ``open_blob``,
-``upload_blob``, ``mount_blob``, ``list_tags`` and the upload session ones), Docker Hub's own
-paths, and applying the retry policy to each request. Implements ``mirror.store.Store``. The
-client and TLS are ``mirror.http``'s, turning an answer into an error ``mirror.responses``',
-the pull budget and pauses ``mirror.quota``'s, all met in one place: ``Registry._check``. No
-policy of what to copy and no config: callers pass plain values.
+``upload_blob``, ``mount_blob``, ``list_tags``, ``list_referrers`` and the upload session
+ones), Docker Hub's own paths, and applying the retry policy to each request. Implements
+``mirror.store.Store``. The client and TLS are ``mirror.http``'s, turning an answer into an
+error ``mirror.responses``', the pull budget and pauses ``mirror.quota``'s, all met in one
+place: ``Registry._check``. No policy of what to copy and no config: callers pass plain values.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import httpx
 from mirror import __version__
 from mirror.auth import RegistryAuth
 from mirror.credentials import Credentials, CredentialSource
-from mirror.errors import MirrorError, RegistryError
+from mirror.errors import MirrorError, NotFound, RegistryError
 from mirror.http import (
     DEFAULT_TIMEOUT,
     MAX_CONNECTIONS,
@@ -31,7 +31,14 @@ from mirror.http import (
     body_chunks,
     tls_verification,
 )
-from mirror.manifest import ACCEPT, MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from mirror.manifest import (
+    ACCEPT,
+    MAX_MANIFEST_BYTES,
+    OCI_INDEX,
+    Descriptor,
+    Manifest,
+    parse_manifest,
+)
 from mirror.quota import PullBudget, Quota, RateLimit
 from mirror.reference import DOCKER_HUB, Digest, is_loopback_host
 from mirror.responses import (
@@ -335,6 +342,39 @@ class Registry:
         return await self._paged_names(
             f"/v2/{repository}/tags/list", "tags", f"tags list of {repository}"
         )
+
+    async def list_referrers(self, repository: str, digest: Digest) -> list[Descriptor] | None:
+        """GET ``/v2/<name>/referrers/<digest>`` (OCI distribution 1.1), every page; None when
+        the registry does not offer it.
+
+        A registry that offers the API answers with an OCI index (empty when nothing refers to
+        the digest); distribution 2.8 and others answer 404 (or 400/405) or something else.
+        """
+        what = f"referrers of {repository}@{digest}"
+        url: httpx.URL | str = f"/v2/{repository}/referrers/{digest}"
+        found: list[Descriptor] = []
+        seen: set[str] = set()
+        while True:
+            try:
+                body, response = await self._get_capped(url, None, MAX_MANIFEST_BYTES, what)
+            except NotFound:
+                return None
+            except RegistryError as exc:
+                if exc.status in (400, 405, 406):
+                    return None
+                raise
+            media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+            if media_type != OCI_INDEX:
+                return None
+            try:
+                found += parse_manifest(body, OCI_INDEX).children
+            except MirrorError:
+                return None
+            seen.add(str(response.request.url))
+            next_url = next_link(self.name, response, what)
+            if next_url is None or str(next_url) in seen:
+                return found
+            url = next_url
 
     async def list_repositories(self, prefix: str = "") -> list[str]:
         """Repositories under ``prefix`` (``diamol`` -> ``diamol/golang``, ...; "" -> all).

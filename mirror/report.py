@@ -1,8 +1,9 @@
 """What a run of copies did: one ``TagResult`` per tag and the ``CopyReport`` that counts them.
 
-Owns the result vocabulary (copied, skipped, failed, planned, deferred) and the progress
-callbacks a display receives. Plain data: no I/O, and no opinion on how it is shown (the CLI
-prints it, the daemon logs and counts it).
+Owns the result vocabulary (copied, skipped, failed, planned, deferred, unsupported), told
+apart for tags and for the referrers (signatures, attestations) carried with them, and the
+progress callbacks a display receives. Plain data: no I/O, and no opinion on how it is
+shown (the CLI prints it, the daemon logs and counts it).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any, Literal, Protocol
 
 from mirror.reference import Digest
 
-TagStatus = Literal["copied", "skipped", "failed", "planned", "deferred"]
+# unsupported: left on purpose (Docker schema 1, foreign layers the target refuses), not failed.
+TagStatus = Literal["copied", "skipped", "failed", "planned", "deferred", "unsupported"]
 
 
 class Progress(Protocol):
@@ -43,6 +45,8 @@ class TagResult:
     target_registry: str | None = None
     target_repository: str | None = None
     target_tag: str | None = None
+    referrer_of: str | None = None  # a signature, attestation or referrer: the digest it describes
+    note: str | None = None  # what a reader should know of how it was carried
 
 
 @dataclass(slots=True)
@@ -55,16 +59,43 @@ class CopyReport:
     tags_skipped: int = 0
     tags_failed: int = 0
     tags_deferred: int = 0
+    tags_unsupported: int = 0
     manifests_pushed: int = 0
     blobs_copied: int = 0
     blobs_mounted: int = 0
     blobs_present: int = 0
     bytes_copied: int = 0
     upstream_manifest_gets: int = 0
+    # Signatures, attestations and referrers carried with what they describe (not tags: no
+    # tag rule applies to them), by the same results.
+    referrers_copied: int = 0
+    referrers_skipped: int = 0
+    referrers_failed: int = 0
+    referrers_deferred: int = 0
     tags: list[TagResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        """Tags and referrers that failed: a run with any is not a success."""
+        return self.tags_failed + self.referrers_failed
+
+    @property
+    def deferred(self) -> int:
+        """Tags and referrers left for a later run to spare the pull limit."""
+        return self.tags_deferred + self.referrers_deferred
 
     def add(self, result: TagResult) -> None:
         self.tags.append(result)
+        if result.referrer_of is not None:
+            if result.status in ("copied", "planned"):
+                self.referrers_copied += 1
+            elif result.status in ("skipped", "unsupported"):
+                self.referrers_skipped += 1
+            elif result.status == "failed":
+                self.referrers_failed += 1
+            else:
+                self.referrers_deferred += 1
+            return
         self.tags_checked += 1
         if result.status == "failed":
             self.tags_failed += 1
@@ -72,6 +103,8 @@ class CopyReport:
             self.tags_deferred += 1
         elif result.status == "skipped":
             self.tags_skipped += 1
+        elif result.status == "unsupported":
+            self.tags_unsupported += 1
         else:
             self.tags_copied += 1
 

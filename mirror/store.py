@@ -1,7 +1,8 @@
 """The seam between the copy engine and where images live: the ``Store`` interface.
 
 Owns the verbs the engine needs of a source or a target (HEAD/GET/PUT a manifest, ask for, read,
-upload or mount a blob, list tags; and prune's DELETE of a manifest) and the small values they
+upload or mount a blob, list tags, list a manifest's referrers; and prune's DELETE of a
+manifest) and the small values they
 return. ``mirror.registry`` implements it over the distribution API; another store (an OCI
 image layout on disk) only has to implement these to be copied from and to. Declares,
 implements nothing.
@@ -14,7 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from mirror.manifest import Manifest
+from mirror.manifest import Descriptor, Manifest
 from mirror.quota import PullBudget
 from mirror.reference import Digest
 
@@ -114,3 +115,9 @@ class Store(Protocol):
         ...
 
     async def list_tags(self, repository: str) -> list[str]: ...
+
+    async def list_referrers(self, repository: str, digest: Digest) -> list[Descriptor] | None:
+        """What refers to manifest ``digest`` (the OCI 1.1 referrers API), each with its
+        ``artifact_type``; None when the store does not offer that API (a store without one
+        can always return None: referrers are then found by tag)."""
+        ...

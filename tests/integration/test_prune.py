@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mirror.state import State
 from tests.integration.helpers import Daemon, Run, blob_path, run_mirror
+from tests.support.artifacts import cosign_signature
 from tests.support.images import (
     Image,
     Pusher,
@@ -299,3 +300,27 @@ def test_prune_deleted_keeps_a_tag_upstream_still_has_but_the_rules_left(
     assert 'prune = "deleted" keeps tags upstream has' in tag["reason"]
     status = mirror(tmp_path, config, "status", "--json")
     assert status.report["entries"][0]["tags"]["missing_upstream"] == 1
+
+
+def test_prune_unselected_never_takes_a_signature_for_a_tag_the_rules_left(
+    tmp_path: Path, make_registry: Callable[..., RegistryProcess], local: RegistryProcess
+) -> None:
+    upstream = make_registry()
+    v1, v2 = image("v1"), image("v2")
+    sig1, sig2 = cosign_signature(v1.digest, "s1"), cosign_signature(v2.digest, "s2")
+    with Pusher(upstream.url) as up:
+        up.push(REPO, v1, "1.0.0")
+        up.push(REPO, v2, "2.0.0")
+        up.push(REPO, sig1, "sha256-" + v1.digest.split(":")[1] + ".sig")
+        up.push(REPO, sig2, "sha256-" + v2.digest.split(":")[1] + ".sig")
+    entry = 'prune = "unselected"\nprune_after = "0s"\ntags = { versions = ">=2" }'
+    config = prune_config(tmp_path, upstream, local, entry=entry)
+    assert mirror(tmp_path, config, "sync", "--all").code == 0
+    signature = "sha256-" + v2.digest.split(":")[1] + ".sig"
+    assert sorted(list_tags(local.url, REPO)) == ["2.0.0", signature]
+
+    mark = local.log_mark()
+    run = mirror(tmp_path, config, "prune", "--json")
+
+    assert run.code == 0 and deletes(local, mark) == []
+    assert sorted(list_tags(local.url, REPO)) == ["2.0.0", signature]

@@ -236,7 +236,18 @@ async def test_single_tag_request_copies_only_that_tag(env: Env) -> None:
 
     assert [r.status for r in results] == ["copied"]
     assert list(dst.tags["x/app"]) == ["v2"]
-    assert src.find("GET", "tags") == []
+    # The tags list is read once, for the tag's signatures (sha256-<hex>.sig); v1 stays.
+    assert len(src.find("GET", "tags")) == 1
+
+
+async def test_single_tag_request_without_referrers_reads_no_tags_list(env: Env) -> None:
+    env.src.seed("team/app", "v2", make_image(4))
+    copier = Copier(env.copier.source, env.copier.target, referrers=False)
+
+    results = await sync(copier, request("source.test/team/app:v2", "target.test/x/app"))
+
+    assert [r.status for r in results] == ["copied"]
+    assert env.src.find("GET", "tags") == []
 
 
 async def test_digest_with_tag_is_tagged_on_the_target(env: Env) -> None:

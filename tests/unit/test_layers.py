@@ -39,6 +39,7 @@ LIBRARY = [
     "layout",  # oci:DIR, the second Store
     "plan",
     "transfer",
+    "referrers",  # signatures and referrers: found by tag or API, carried after their subject
     "copy",
     "airgap",  # inventories and the check before an import
 ]
