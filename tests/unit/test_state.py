@@ -192,3 +192,22 @@ def test_prune_bookkeeping_keeps_the_first_time_a_tag_went_missing(tmp_path: Pat
     assert state.tag(*key) is None
     assert state.history(*key)[-1]["old_digest"] == D1
     assert state.history(*key)[-1]["new_digest"] is None
+
+
+def test_processes_opening_a_new_file_at_once_create_its_tables_once(tmp_path: Path) -> None:
+    import threading
+
+    path, lines = tmp_path / FILENAME, []
+    start = threading.Barrier(6)
+
+    def open_it() -> None:
+        start.wait()
+        State(path, warn=lines.append).close()
+
+    threads = [threading.Thread(target=open_it) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert lines == []
+    assert State(path).start_run("golang") == 1
