@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with one --platform: copy that platform's image as a plain manifest, no index",
     )
     sync.add_argument(
+        "--backup",
+        metavar="TEMPLATE",
+        help="before a tag on the target moves, keep its old manifest under this tag, e.g. "
+        '"{tag}-prev" or "{tag}-{date:%%Y%%m%%d}" (the date in UTC)',
+    )
+    sync.add_argument(
         "--recheck",
         action="store_true",
         help="check full-version tags upstream too (normally a tag like 2.1.106 that the "

@@ -78,6 +78,7 @@ async def sync_command(args: argparse.Namespace) -> int:
     concurrency = config.concurrency if args.concurrency is None else args.concurrency
     if concurrency < 1:
         raise MirrorError("--concurrency must be at least 1")
+    backup = _backup_flag(args.backup)
 
     started = time.monotonic()
     clients = Clients(config)
@@ -100,6 +101,7 @@ async def sync_command(args: argparse.Namespace) -> int:
                 report=report,
                 platforms=platforms,
                 flatten=args.flatten,
+                backup=backup,
             )
             batch = [
                 r
@@ -131,6 +133,19 @@ async def sync_command(args: argparse.Namespace) -> int:
     if report.tags_failed:
         return EXIT_FAILED
     return _deferred_exit(args) if report.tags_deferred else EXIT_OK
+
+
+def _backup_flag(template: str | None) -> Any:
+    """``--backup TEMPLATE`` checked: a bad one is a ConfigError naming the flag."""
+    from mirror.copy import backup_namer
+    from mirror.errors import ConfigError
+
+    if template is None:
+        return None
+    try:
+        return backup_namer(template)
+    except ValueError as exc:
+        raise ConfigError(f"--backup: {exc}") from None
 
 
 def _deferred_exit(args: argparse.Namespace) -> int:
@@ -369,10 +384,11 @@ async def sync_all_command(args: argparse.Namespace) -> int:
         or args.concurrency is not None
         or args.platform
         or args.flatten
+        or args.backup is not None
         or not rules_from(args).selects_everything
     ):
         raise ConfigError(
-            "--all takes targets, concurrency, tag rules and platforms from the config"
+            "--all takes targets, concurrency, tag rules, platforms and backups from the config"
         )
     shard = Shard.parse(args.shard) if args.shard else None
     entries = [e for e in config.mirrors if shard is None or shard.owns(e.job_id(config.target))]

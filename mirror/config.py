@@ -137,6 +137,17 @@ def _check_platforms(value: Any) -> Any:
 Platforms = Annotated[list[str], BeforeValidator(_check_platforms)]
 
 
+def _check_backup(value: Any) -> Any:
+    if isinstance(value, str):
+        from mirror.copy import backup_namer
+
+        backup_namer(value)  # ValueError: one line, under the key's name
+    return value
+
+
+BackupTemplate = Annotated[str, BeforeValidator(_check_backup)]
+
+
 class TagSettings(BaseModel):
     """``tags = { ... }`` of an entry (or of ``[defaults]``): which tags to mirror.
 
@@ -186,6 +197,7 @@ class EntryDefaults(BaseModel):
     tags: TagSettings | None = None
     platforms: Platforms | None = None
     flatten: bool | None = None
+    backup: BackupTemplate | None = None
 
     @model_validator(mode="after")
     def _one_schedule(self) -> EntryDefaults:
@@ -211,6 +223,9 @@ class MirrorEntry(BaseModel):
     tags: TagSettings = Field(default_factory=TagSettings)
     platforms: Platforms = Field(default_factory=list)
     flatten: bool = False
+    backup: BackupTemplate | None = Field(
+        default=None, description="tag to keep a moving tag's old digest under"
+    )
 
     def platform_list(self) -> list[Platform]:
         return [Platform.parse(p) for p in self.platforms]

@@ -244,6 +244,7 @@ async def run_entry(
             platforms=entry.platform_list(),
             flatten=entry.flatten,
             flattened=clients.flattened,
+            backup=entry.backup,
         )
         if entry.is_namespace:
             repositories = await clients.get(source_registry).list_repositories(source_ns.path)
@@ -284,6 +285,8 @@ async def run_entry(
             fields |= {"digest": tag.digest, "blobs": tag.blobs_missing, "bytes": tag.bytes_missing}
             if tag.source_digest:
                 fields["source_digest"] = tag.source_digest
+            if tag.backup:
+                fields |= {"previous": tag.previous, "backup": tag.backup}
         else:
             fields["error" if tag.status == "failed" else "reason"] = tag.error
         getattr(log, level)(event, **fields)

@@ -37,6 +37,7 @@ class TagResult:
     manifests_missing: int = 0
     pulls: int = 0  # upstream manifest GETs this tag cost (or, in a dry run, will cost)
     previous: str | None = None  # the target tag's digest before this run (None: no such tag)
+    backup: str | None = None  # the tag the previous digest was kept under before it moved
     error: str | None = None  # why it failed, or why it was deferred
 
 

@@ -98,6 +98,18 @@ class Transfer:
         await self._put_manifest(target_repo, target_reference, plan.top, read_back=True)
         return [b for b, sent in zip(plan.missing_blobs, outcomes, strict=True) if sent is False]
 
+    async def keep_backup(self, repo: str, backup_tag: str, digest: Digest) -> None:
+        """Put the manifest ``digest`` of the target's ``repo`` under ``backup_tag`` as well,
+        before the tag that points there moves: read from the target itself (no upstream pull),
+        written back byte for byte. Raises when it cannot be kept: the tag must not move then."""
+        try:
+            manifest = await self.target.get_manifest(repo, str(digest), expected=digest)
+            await self._put_manifest(repo, backup_tag, manifest, read_back=True)
+        except MirrorError as exc:
+            raise MirrorError(
+                f"backup of {digest} as {repo}:{backup_tag} failed, so the tag was not moved: {exc}"
+            ) from None
+
     async def _put_manifest(
         self, repo: str, reference: str, manifest: Manifest, *, read_back: bool = False
     ) -> None:
