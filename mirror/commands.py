@@ -102,6 +102,7 @@ async def sync_command(args: argparse.Namespace) -> int:
                 platforms=platforms,
                 flatten=args.flatten,
                 backup=backup,
+                journal=None if args.dry_run else clients.journal,
             )
             batch = [
                 r

@@ -43,6 +43,7 @@ from mirror.report import CopyReport, Progress, TagResult
 from mirror.retry import TRANSFER, RetryPolicy, Sleep
 from mirror.store import Store
 from mirror.transfer import Transfer
+from mirror.upload import UploadJournal
 
 DEFAULT_CONCURRENCY = 4  # blob transfers in flight at once, across every tag of a run
 # Tags planned at once, across every repository of a run: a bound per repository made a
@@ -112,9 +113,11 @@ class Copier:
         flatten: bool = False,
         flattened: dict[tuple[Digest, str], Digest] | None = None,
         backup: str | BackupName | None = None,
+        journal: UploadJournal | None = None,
     ) -> None:
         """``backup`` (a template or a function, see ``backup_namer``) keeps the old manifest
         of a tag that is about to move under a backup tag first, in the same repository.
+        ``journal`` records large uploads as they go, so that a restart resumes them.
         ``flatten`` with one platform copies that platform's image as a plain manifest
         under the tag; ``flattened`` remembers which image each index gave, so a daemon's
         later runs know an unchanged index without pulling it (pass the same dict each run).
@@ -148,6 +151,7 @@ class Copier:
             progress=progress,
             policy=RetryPolicy(max(1, blob_attempts), TRANSFER.max_time_s),
             sleep=sleep,
+            journal=journal,
         )
         self._planned: set[tuple[str, Digest]] = set()  # dry run: what was counted as moving
 

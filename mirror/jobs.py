@@ -31,7 +31,8 @@ from mirror.selection import (
     newest_first,
     select,
 )
-from mirror.state import State, default_path
+from mirror.state import PendingUpload, State, default_path
+from mirror.upload import UploadJournal
 
 REPOSITORIES_IN_FLIGHT = 4  # a namespace entry syncs this many repositories at once
 EVERY_TAG = TagRules()
@@ -73,6 +74,12 @@ class Clients:
             self._state = State(path, warn=_warn_state)
         return self._state
 
+    @property
+    def journal(self) -> UploadJournal:
+        """The state as the copy engine's upload journal, opened only when a large blob
+        needs it (a run of small blobs never creates the database)."""
+        return _LazyJournal(self)
+
     def get(self, name: str) -> Registry:
         client = self._clients.get(name)
         if client is None:
@@ -109,6 +116,24 @@ class Clients:
         self._clients.clear()
         if self._state is not None:
             self._state.close()
+
+
+class _LazyJournal:
+    """``Clients.state`` as an ``UploadJournal``, opened at its first use."""
+
+    def __init__(self, clients: Clients) -> None:
+        self._clients = clients
+
+    def save_upload(
+        self, target: str, repository: str, digest: str, url: str, offset: int, size: int
+    ) -> None:
+        self._clients.state.save_upload(target, repository, digest, url, offset, size)
+
+    def pending_upload(self, target: str, repository: str, digest: str) -> PendingUpload | None:
+        return self._clients.state.pending_upload(target, repository, digest)
+
+    def forget_upload(self, target: str, repository: str, digest: str) -> None:
+        self._clients.state.forget_upload(target, repository, digest)
 
 
 def _warn_state(line: str) -> None:
@@ -245,6 +270,7 @@ async def run_entry(
             flatten=entry.flatten,
             flattened=clients.flattened,
             backup=entry.backup,
+            journal=None if dry_run else clients.journal,
         )
         if entry.is_namespace:
             repositories = await clients.get(source_registry).list_repositories(source_ns.path)

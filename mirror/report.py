@@ -56,6 +56,7 @@ class CopyReport:
     blobs_mounted: int = 0
     blobs_present: int = 0
     bytes_copied: int = 0
+    bytes_resumed: int = 0  # of bytes_copied, held by upload sessions an earlier process left
     upstream_manifest_gets: int = 0
     tags: list[TagResult] = field(default_factory=list)
 

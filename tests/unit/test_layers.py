@@ -34,6 +34,7 @@ LIBRARY = [
     "http",
     "registry",
     "plan",
+    "upload",  # one blob's bytes into a session; the journal that resumes it after a restart
     "transfer",
     "copy",
 ]
