@@ -255,6 +255,11 @@ def config_command(args: argparse.Namespace) -> int:
                 config.credentials(name)
             except ConfigError as exc:
                 problems.append(str(exc))
+        for index, receiver in enumerate(config.notify):
+            try:
+                receiver.resolved_url(f"notify[{index}]")
+            except ConfigError as exc:
+                problems.append(str(exc))
         for problem in problems:
             error(f"config {path or 'environment'}: {problem}")
         return EXIT_USAGE if problems else EXIT_OK
@@ -271,6 +276,9 @@ def config_command(args: argparse.Namespace) -> int:
                 else "none configured (docker login's config.json is used, if any)"
             )
         document["registries"][name]["credentials"] = status
+    for receiver in document["notify"]:
+        if receiver["url"] is not None:
+            receiver["url"] = "********"  # it often holds a token
     for entry, shown in zip(config.mirrors, document["mirrors"], strict=True):
         shown["job"] = entry.job_id(config.target)
         shown["schedule"] = entry.schedule
@@ -402,14 +410,24 @@ async def sync_all_command(args: argparse.Namespace) -> int:
     )
     clients = Clients(config)
     bound = asyncio.Semaphore(JOBS_IN_FLIGHT)
+    notifier = None
+    if config.notify and not args.dry_run:
+        from mirror.notify import Notifier, last_statuses
+
+        notifier = Notifier.from_config(config, previous=last_statuses(clients.state.last_runs()))
 
     async def one(entry: Any) -> Any:
         async with bound:
-            return await run_entry(entry, clients, dry_run=args.dry_run, recheck=args.recheck)
+            result = await run_entry(entry, clients, dry_run=args.dry_run, recheck=args.recheck)
+        if notifier is not None:
+            notifier.job_finished(result)
+        return result
 
     try:
         results = await asyncio.gather(*(one(e) for e in entries))
     finally:
+        if notifier is not None:
+            await notifier.aclose()  # a short bound: a dead receiver does not hold the exit
         await clients.aclose()
     if args.json:
         print(

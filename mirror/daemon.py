@@ -31,6 +31,7 @@ from mirror.config import DEFAULT_INTERVAL_S, Config, MirrorEntry, load_config
 from mirror.errors import ConfigError, MirrorError
 from mirror.health import HealthServer, Metrics
 from mirror.jobs import Clients, JobResult, Outcome, run_entry
+from mirror.notify import FLUSH_S, Notifier, last_statuses
 
 STARTUP_SPREAD_S = 5.0  # the start-up pass spreads its first runs over at most this long
 MIN_WATCHDOG_PING_S = 0.5  # systemd's WatchdogSec= is whole seconds or more in practice
@@ -100,6 +101,7 @@ class Daemon:
         self._running: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
+        self.notifier: Notifier | None = None
         self._scheduler = AsyncIOScheduler(timezone=datetime.UTC)
         self.health = HealthServer(
             config.daemon.listen_host,
@@ -122,6 +124,10 @@ class Daemon:
                 f"[daemon] listen {self.config.daemon.listen}: cannot serve health and metrics "
                 f"there: {(os.strerror(exc.errno) if exc.errno else str(exc)).lower()}"
             ) from None
+        if self.config.notify:  # a URL that cannot be read stops the start, as a config error
+            self.notifier = Notifier.from_config(
+                self.config, previous=last_statuses(self.clients.state.last_runs())
+            )
         self._scheduler.start()
         self._apply(self.config, first=True)
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -171,6 +177,8 @@ class Daemon:
                 log.warning("grace period over, cancelling", jobs=len(pending))
                 await asyncio.gather(*pending, return_exceptions=True)
         await self.health.stop()
+        if self.notifier is not None:
+            await self.notifier.aclose(FLUSH_S)
         for clients in (*self._retired_clients, self.clients):
             await clients.aclose()
         log.info("daemon stopped")
@@ -192,9 +200,14 @@ class Daemon:
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             new = load_config(self.config_path)
+            notifier = self._renotify(new)
         except MirrorError as exc:
             log.error("config reload rejected", error=str(exc))
         else:
+            if notifier is not self.notifier:
+                old, self.notifier = self.notifier, notifier
+                if old is not None:
+                    await old.aclose(FLUSH_S)  # what it has queued, within the bound
             if new.daemon != self.config.daemon:
                 log.info("config reload: [daemon] settings take effect at the next restart")
             if (new.registries, new.target) != (self.config.registries, self.config.target):
@@ -204,6 +217,14 @@ class Daemon:
             self.config = new
             log.info("config reloaded", jobs=len(self._entries))
         sd_notify("READY=1")
+
+    def _renotify(self, new: Config) -> Notifier | None:
+        """The notifier for a reloaded config: the same one unless ``[[notify]]`` changed
+        (then a new one, which knows how each entry's last run ended)."""
+        if new.notify == self.config.notify:
+            return self.notifier
+        previous = self.notifier.last if self.notifier is not None else {}
+        return Notifier.from_config(new, previous=previous)
 
     # --- jobs ---------------------------------------------------------------------------
 
@@ -281,6 +302,8 @@ class Daemon:
         self._outcomes[result.job] = result.outcome
         if result.outcome != "failed":
             self._ever_ok.add(result.job)
+        if self.notifier is not None:
+            self.notifier.job_finished(result)
 
     # --- health ---------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ APPLICATION = [
     "config",
     "state",  # the record of runs and tags; never imported by the library
     "jobs",
+    "notify",  # webhooks and apprise receivers, off the copy path
     "health",
     "daemon",
     "output",
