@@ -116,6 +116,10 @@ class Daemon:
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit code (0 after a clean stop)."""
         loop = asyncio.get_running_loop()
+        if self.config.notify:  # a URL that cannot be read stops the start, as a config error
+            self.notifier = Notifier.from_config(
+                self.config, previous=last_statuses(self.clients.state.last_runs())
+            )
         try:
             await self.health.start()
         except OSError as exc:
@@ -124,10 +128,6 @@ class Daemon:
                 f"[daemon] listen {self.config.daemon.listen}: cannot serve health and metrics "
                 f"there: {(os.strerror(exc.errno) if exc.errno else str(exc)).lower()}"
             ) from None
-        if self.config.notify:  # a URL that cannot be read stops the start, as a config error
-            self.notifier = Notifier.from_config(
-                self.config, previous=last_statuses(self.clients.state.last_runs())
-            )
         self._scheduler.start()
         self._apply(self.config, first=True)
         for signum in (signal.SIGTERM, signal.SIGINT):
