@@ -76,7 +76,9 @@ async def send_journaled(
     offset": a kill during a PATCH costs the session, and the blob starts again.) A download
     that breaks resumes at once with a Range, as within a run. A resumed blob's first bytes
     are not hashed here: the target checks the whole blob's digest before it commits it
-    (``Store.finish_upload``).
+    (``Store.finish_upload``). Two processes sending the same blob to the same repository at
+    once may meet in one recorded session; the target then refuses one of them (its URL no
+    longer matches the bytes held), whose tag fails for this run.
     """
     key = (target.name, target_repo, str(blob.digest))
     url, held = await _resume_point(target, key, blob, upload_url, journal, report)

@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -154,7 +155,20 @@ def test_a_blob_cut_by_sigkill_half_way_resumes_where_it_stopped(
     assert [b.offset for b in ranged] == [half]  # the source was read from where it stopped
 
 
-def test_a_session_the_target_no_longer_knows_starts_again_cleanly(
+def expire(client: httpx.Client, url: str) -> None:
+    """The session expires (registries purge stale ones)."""
+    assert client.delete(url).status_code == 204
+
+
+def outrun(client: httpx.Client, url: str) -> None:
+    """The session takes bytes after the ones recorded, as when a kill falls during a PATCH."""
+    sent = client.patch(url, content=b"x" * MIB, headers={"Content-Type": OCTETS})
+    assert sent.status_code == 202
+
+
+@pytest.mark.parametrize("change", [expire, outrun], ids=["expired", "holds-more-than-recorded"])
+def test_a_session_gone_or_not_as_recorded_starts_again_cleanly(
+    change: Callable[[httpx.Client, str], None],
     tmp_path: Path,
     hub: HubRegistry,
     hub_pusher: Pusher,
@@ -165,7 +179,7 @@ def test_a_session_the_target_no_longer_knows_starts_again_cleanly(
     layer = Blob.of(os.urandom(3 * PIECE), diff_id="sha256:" + "0" * 64)
     image = build_image("docker", layers=[layer])
     hub_pusher.push(unique_repo, image, "v1")
-    stop = faults.stall_blob(layer.digest, after=2 * PIECE, stall_s=120)
+    stop = faults.stall_blob(layer.digest, after=PIECE + PIECE // 2, stall_s=120)
     source.add_rule(stop)
     state = tmp_path / "state.db"
     config = kit.write_config(tmp_path, source)
@@ -176,8 +190,8 @@ def test_a_session_the_target_no_longer_knows_starts_again_cleanly(
     stop.release.set()
     with contextlib.closing(sqlite3.connect(state)) as db:
         (url,) = db.execute("SELECT url FROM uploads").fetchone()
-    with http_client() as client:  # the session expires (registries purge stale ones)
-        assert client.delete(url).status_code == 204
+    with http_client() as client:
+        change(client, url)
 
     again = run_mirror(*args, home=tmp_path, env=HUB_ENV)
 
