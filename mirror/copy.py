@@ -82,6 +82,8 @@ def backup_namer(template: str | BackupName) -> BackupName:
         sample = name("1.22-alpine")
     except (ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"bad template {template!r}: {exc}") from None
+    if sample == "1.22-alpine":
+        raise ValueError(f"template {template!r} names the tag itself, not a backup of it")
     if not _TAG.fullmatch(sample):
         raise ValueError(
             f"template {template!r} gives {sample!r}, not a valid tag (letters, digits, "

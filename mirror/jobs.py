@@ -337,6 +337,7 @@ async def run_entry(
         blobs_mounted=report.blobs_mounted,
         bytes=report.bytes_copied,
         upstream_manifest_gets=report.upstream_manifest_gets,
+        **({"bytes_resumed": report.bytes_resumed} if report.bytes_resumed else {}),
         seconds=round(seconds, 3),
         **({"error": error} if error else {}),
     )

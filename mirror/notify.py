@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import datetime
 import logging
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,6 +178,8 @@ class Receiver:
                 failure = _Failed(f"cannot reach it ({type(exc).__name__})")
             except _Failed as exc:
                 failure = exc
+            except Exception as exc:  # e.g. apprise raising: its kind, never its words (the URL)
+                failure = _Failed(f"failed ({type(exc).__name__})")
             why = str(failure)
             if not failure.retry or attempt == ATTEMPTS:
                 break
@@ -210,7 +213,7 @@ class Receiver:
             self._apprise = apprise.Apprise()
             self._apprise.add(self.url)
         title = f"mirror: {event.kind.replace('.', ' ')}"
-        sent = await asyncio.to_thread(self._apprise.notify, title=title, body=event.text)
+        sent = await _in_thread(lambda: self._apprise.notify(title=title, body=event.text))
         if not sent:
             raise _Failed("apprise could not deliver it")
 
@@ -277,6 +280,32 @@ class Notifier:
         for receiver, count in zip(self.receivers, unsent, strict=True):
             if count:
                 log.warning("notifications unsent", receiver=receiver.shown, events=count)
+
+
+def _in_thread(call: Callable[[], bool]) -> asyncio.Future[bool]:
+    """``call()`` (apprise's blocking send) in a daemon thread of its own: a receiver that
+    hangs holds neither the event loop, nor a shared pool, nor the process's exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[bool] = loop.create_future()
+
+    def settle(result: bool, error: BaseException | None) -> None:
+        if future.done():
+            return  # given up on already (the try's timeout)
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = call(), None
+        except Exception as exc:
+            result, error = False, exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="mirror-notify", daemon=True).start()
+    return future
 
 
 def last_statuses(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:

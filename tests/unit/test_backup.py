@@ -32,6 +32,7 @@ def test_a_template_names_the_backup_from_the_tag_and_the_date() -> None:
         ("{tag}:{date}", "not a valid tag"),
         ("{tag", "bad template"),
         ("{tag}-{date:%Y %m}", "not a valid tag"),
+        ("{tag}", "names the tag itself"),
     ],
 )
 def test_a_bad_template_says_what_is_wrong(template: str, why: str) -> None:
