@@ -134,9 +134,10 @@ def test_a_blob_cut_by_sigkill_half_way_resumes_where_it_stopped(
 
     assert first.proc.returncode == -signal.SIGKILL
     assert manifest_digest(local.url, unique_repo, "big") is None
-    second = run_mirror(*args, home=tmp_path, env=HUB_ENV)
+    second = run_mirror(*args, home=tmp_path, env=HUB_ENV, measure=True)
 
     assert second.code == 0, second.describe()
+    assert second.peak_rss_mb < 150, f"peak RSS {second.peak_rss_mb:.0f} MB"  # two pieces at most
     assert manifest_digest(local.url, unique_repo, "big") == image.digest
     stored = blob_path(local, big_blob.digest)
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == big_blob.digest.split(":")[1]
@@ -148,7 +149,7 @@ def test_a_blob_cut_by_sigkill_half_way_resumes_where_it_stopped(
     print(
         f"\nresume: killed at {half / MIB:.0f} MiB recorded; upstream served "
         f"{served / MIB:.1f} MiB (proxy), {logged / MIB:.1f} MiB (hub access log) for a "
-        f"{BLOB_BYTES / MIB:.0f} MiB blob: {overhead:+.1%}"
+        f"{BLOB_BYTES / MIB:.0f} MiB blob: {overhead:+.1%}; peak RSS {second.peak_rss_mb:.0f} MB"
     )
     assert overhead <= 0.05, f"served {served}, logged {logged} for {BLOB_BYTES} bytes"
     ranged = [b for b in faults.blob_bodies(source, big_blob.digest) if b.offset]
