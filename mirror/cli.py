@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         "only what it lacks to the oci:DIR target, and a bundle file saying what it relies on",
     )
     sync.add_argument(
+        "--backup",
+        metavar="TEMPLATE",
+        help="before a tag on the target moves, keep its old manifest under this tag, e.g. "
+        '"{tag}-prev" or "{tag}-{date:%%Y%%m%%d}" (the date in UTC)',
+    )
+    sync.add_argument(
         "--recheck",
         action="store_true",
         help="check full-version tags upstream too (normally a tag like 2.1.106 that the "

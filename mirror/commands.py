@@ -84,6 +84,7 @@ async def sync_command(args: argparse.Namespace) -> int:
     concurrency = config.concurrency if args.concurrency is None else args.concurrency
     if concurrency < 1:
         raise MirrorError("--concurrency must be at least 1")
+    backup = _backup_flag(args.backup)
 
     started = time.monotonic()
     clients = Clients(config, state_warning=warning)
@@ -112,6 +113,8 @@ async def sync_command(args: argparse.Namespace) -> int:
                 platforms=platforms,
                 flatten=args.flatten,
                 referrers=not args.no_referrers,
+                backup=backup,
+                journal=None if args.dry_run else clients.journal,
             )
             for source_name, target_name in sorted(
                 {(r.source.registry, r.target.registry) for r in requests}
@@ -172,6 +175,19 @@ async def sync_command(args: argparse.Namespace) -> int:
     if report.failed:
         return EXIT_FAILED
     return _deferred_exit(args) if report.deferred else EXIT_OK
+
+
+def _backup_flag(template: str | None) -> Any:
+    """``--backup TEMPLATE`` checked: a bad one is a ConfigError naming the flag."""
+    from mirror.copy import backup_namer
+    from mirror.errors import ConfigError
+
+    if template is None:
+        return None
+    try:
+        return backup_namer(template)
+    except ValueError as exc:
+        raise ConfigError(f"--backup: {exc}") from None
 
 
 def _deferred_exit(args: argparse.Namespace) -> int:
@@ -300,6 +316,11 @@ def config_command(args: argparse.Namespace) -> int:
                 config.credentials(name)
             except ConfigError as exc:
                 problems.append(str(exc))
+        for index, receiver in enumerate(config.notify):
+            try:
+                receiver.resolved_url(f"notify[{index}]")
+            except ConfigError as exc:
+                problems.append(str(exc))
         for problem in problems:
             error(f"config {path or 'environment'}: {problem}")
         return EXIT_USAGE if problems else EXIT_OK
@@ -316,6 +337,9 @@ def config_command(args: argparse.Namespace) -> int:
                 else "none configured (docker login's config.json is used, if any)"
             )
         document["registries"][name]["credentials"] = status
+    for receiver in document["notify"]:
+        if receiver["url"] is not None:
+            receiver["url"] = "********"  # it often holds a token
     for entry, shown in zip(config.mirrors, document["mirrors"], strict=True):
         shown["job"] = entry.job_id(config.target)
         shown["schedule"] = entry.schedule
@@ -437,9 +461,12 @@ async def sync_all_command(args: argparse.Namespace) -> int:
         args.concurrency is not None
         or args.platform
         or args.flatten
+        or args.backup is not None
         or not rules_from(args).selects_everything
     ):
-        raise ConfigError("--all takes concurrency, tag rules and platforms from the config")
+        raise ConfigError(
+            "--all takes concurrency, tag rules, platforms and backups from the config"
+        )
     if args.to and not names_registry(args.to):
         raise ConfigError(
             f"--all --to {args.to}: give a registry or oci:DIR (each entry's target registry "
@@ -458,12 +485,20 @@ async def sync_all_command(args: argparse.Namespace) -> int:
     )
     clients = Clients(config)
     bound = asyncio.Semaphore(JOBS_IN_FLIGHT)
+    notifier = None
+    if config.notify and not args.dry_run:
+        from mirror.notify import Notifier, last_statuses
+
+        notifier = Notifier.from_config(config, previous=last_statuses(clients.state.last_runs()))
 
     async def one(entry: Any) -> Any:
         async with bound:
-            return await run_entry(
+            result = await run_entry(
                 entry, clients, dry_run=args.dry_run, recheck=args.recheck, to=args.to
             )
+        if notifier is not None:
+            notifier.job_finished(result)
+        return result
 
     try:
         targets = {layout_name(args.to)} if args.have else set()
@@ -473,6 +508,8 @@ async def sync_all_command(args: argparse.Namespace) -> int:
             for layout in bundles:
                 await layout.write_bundle()
     finally:
+        if notifier is not None:
+            await notifier.aclose()  # a short bound: a dead receiver does not hold the exit
         await clients.aclose()
     if args.json:
         print(

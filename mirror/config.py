@@ -12,7 +12,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -141,6 +141,17 @@ def _check_platforms(value: Any) -> Any:
 Platforms = Annotated[list[str], BeforeValidator(_check_platforms)]
 
 
+def _check_backup(value: Any) -> Any:
+    if isinstance(value, str):
+        from mirror.copy import backup_namer
+
+        backup_namer(value)  # ValueError: one line, under the key's name
+    return value
+
+
+BackupTemplate = Annotated[str, BeforeValidator(_check_backup)]
+
+
 class TagSettings(BaseModel):
     """``tags = { ... }`` of an entry (or of ``[defaults]``): which tags to mirror.
 
@@ -198,6 +209,7 @@ class EntryDefaults(BaseModel):
     prune_after: DurationOrZero | None = None
     referrers: bool | None = None
     artifact_types: list[str] | None = None
+    backup: BackupTemplate | None = None
 
     @model_validator(mode="after")
     def _one_schedule(self) -> EntryDefaults:
@@ -234,6 +246,9 @@ class MirrorEntry(BaseModel):
     )
     artifact_types: list[str] = Field(
         default_factory=list, description="only referrers of these artifact types (all if empty)"
+    )
+    backup: BackupTemplate | None = Field(
+        default=None, description="tag to keep a moving tag's old digest under"
     )
 
     def platform_list(self) -> list[Platform]:
@@ -333,6 +348,65 @@ class DaemonSettings(BaseModel):
         return int(self.listen.rpartition(":")[2])
 
 
+NotifyEvent = Literal["tag.moved", "tag.failed", "entry.deferred", "entry.recovered"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = get_args(NotifyEvent)
+
+
+class NotifySettings(BaseModel):
+    """``[[notify]]``: one receiver of notifications (a JSON webhook, or any apprise URL).
+
+    The URL often carries a token: give it in ``url``, or keep it out of the file with
+    ``url_env`` / ``url_file``. It is never shown (``mirror config`` masks it, logs name the
+    receiver by scheme and host only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = Field(default=None, description="https://... (JSON) or an apprise URL")
+    url_env: str | None = Field(default=None, description="environment variable with the URL")
+    url_file: str | None = Field(default=None, description="file holding the URL")
+    events: list[NotifyEvent] = Field(
+        default_factory=lambda: list(NOTIFY_EVENTS), description="which events to send"
+    )
+    timeout: Duration = Field(default=10.0, description="the longest one delivery may take")
+
+    @model_validator(mode="after")
+    def _one_url(self) -> NotifySettings:
+        if sum(x is not None for x in (self.url, self.url_env, self.url_file)) != 1:
+            raise ValueError("give exactly one of url, url_env or url_file")
+        return self
+
+    def resolved_url(self, key: str, environ: Mapping[str, str] = os.environ) -> str:
+        """The receiver's URL, read from where the settings say; ConfigError naming ``key``
+        (never showing the URL) when it cannot be read or no receiver takes it."""
+        if self.url_env is not None:
+            url = environ.get(self.url_env, "")
+            if not url:
+                raise ConfigError(f"{key}.url_env: environment variable {self.url_env} is not set")
+        elif self.url_file is not None:
+            path = Path(os.path.expandvars(self.url_file))
+            try:
+                url = path.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"{key}.url_file: cannot read {path}: {exc.strerror}") from None
+        else:
+            url = self.url or ""
+        scheme, colon, rest = url.partition("://")
+        if not colon or not scheme or not rest:
+            raise ConfigError(f"{key}: not a scheme://... URL (not shown: it may hold a token)")
+        if scheme.lower() not in ("http", "https"):
+            import logging
+
+            import apprise
+
+            logging.getLogger("apprise").disabled = True  # its lines may show the URL
+            if not apprise.Apprise().add(url):
+                raise ConfigError(
+                    f"{key}: apprise does not take {scheme}:// URLs like this one (see "
+                    "https://github.com/caronc/apprise/wiki for each service's form)"
+                )
+        return url
+
+
 def format_duration(seconds: float) -> str:
     """3600 -> ``1h``; 5400 -> ``1h30m``; 0.5 -> ``0.5s``."""
     if seconds < 1 or seconds != int(seconds):
@@ -359,6 +433,7 @@ class Config(BaseSettings):
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     defaults: EntryDefaults = Field(default_factory=EntryDefaults)
     mirrors: list[MirrorEntry] = Field(default_factory=list)
+    notify: list[NotifySettings] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -511,6 +586,8 @@ def describe_validation_error(exc: ValidationError) -> str:
             message = error["msg"].removeprefix("Value error, ")
             value = error.get("input")
             shown = f" (got {value!r})" if isinstance(value, str | int | float | bool) else ""
+            if key.startswith("notify"):
+                shown = ""  # a receiver's URL may hold a token
             parts.append(f"{key}: {message}{shown}" if key else f"{message}{shown}")
     return "; ".join(parts)
 

@@ -35,8 +35,11 @@ directory of OCI image layouts, ``mirror.layout``.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import re
+import string
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mirror.errors import MirrorError, NotFound, QuotaExhausted, RegistryError, Unsupported
 from mirror.manifest import INDEX_TYPES, Descriptor, Platform
@@ -47,12 +50,53 @@ from mirror.report import CopyReport, Progress, TagResult
 from mirror.retry import TRANSFER, RetryPolicy, Sleep
 from mirror.store import Store
 from mirror.transfer import Transfer
+from mirror.upload import UploadJournal
 
 DEFAULT_CONCURRENCY = 4  # blob transfers in flight at once, across every tag of a run
 # Tags planned at once, across every repository of a run: a bound per repository made a
 # 200-repository run juggle 1,600 tags for 8 connections (more memory, slower); 16 rather
 # than 8 keeps both registries busy while one waits on its disk (2,000 tags: ~12 % faster).
 TAGS_IN_FLIGHT = 16
+
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # as the distribution spec has it
+BackupName = Callable[[str], str]  # a tag -> the tag its old manifest is kept under
+
+
+def backup_namer(template: str | BackupName) -> BackupName:
+    """The backup tag for each tag: ``template`` formatted with ``tag`` and ``date`` (now, in
+    UTC: ``"{tag}-{date:%Y%m%d}"``), or ``template`` itself when it is a function.
+
+    A template is checked here, on a sample tag: it must use ``{tag}`` (else every tag would
+    share one backup) and give a valid tag. Raises ValueError saying what is wrong.
+    """
+    if callable(template):
+        return template
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    except ValueError as exc:
+        raise ValueError(f"bad template {template!r}: {exc}") from None
+    if "tag" not in fields:
+        raise ValueError(f"template {template!r} must contain {{tag}}")
+    if unknown := fields - {"tag", "date"}:
+        raise ValueError(
+            f"template {template!r}: unknown field {{{sorted(unknown)[0]}}} (use {{tag}}, {{date}})"
+        )
+
+    def name(tag: str) -> str:
+        return template.format(tag=tag, date=datetime.datetime.now(datetime.UTC))
+
+    try:
+        sample = name("1.22-alpine")
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"bad template {template!r}: {exc}") from None
+    if sample == "1.22-alpine":
+        raise ValueError(f"template {template!r} names the tag itself, not a backup of it")
+    if not _TAG.fullmatch(sample):
+        raise ValueError(
+            f"template {template!r} gives {sample!r}, not a valid tag (letters, digits, "
+            "_ . -, at most 128)"
+        )
+    return name
 
 
 class Copier:
@@ -80,8 +124,13 @@ class Copier:
         referrers: bool = True,
         artifact_types: Sequence[str] = (),
         unsupported: dict[Digest, str] | None = None,
+        backup: str | BackupName | None = None,
+        journal: UploadJournal | None = None,
     ) -> None:
-        """``flatten`` with one platform copies that platform's image as a plain manifest
+        """``backup`` (a template or a function, see ``backup_namer``) keeps the old manifest
+        of a tag that is about to move under a backup tag first, in the same repository.
+        ``journal`` records large uploads as they go, so that a restart resumes them.
+        ``flatten`` with one platform copies that platform's image as a plain manifest
         under the tag; ``flattened`` remembers which image each index gave, so a daemon's
         later runs know an unchanged index without pulling it (pass the same dict each run).
         ``blob_attempts`` is how often a failed blob transfer is tried in all. ``referrers``
@@ -97,6 +146,7 @@ class Copier:
         self.dry_run = dry_run
         self.report = report if report is not None else CopyReport(dry_run=dry_run)
         self.tag_slots = asyncio.Semaphore(TAGS_IN_FLIGHT)  # callers hold one per tag copied
+        self._backup = backup_namer(backup) if backup is not None else None
         self._state = TargetState()
         self._planner = Planner(
             source,
@@ -118,6 +168,7 @@ class Copier:
             progress=progress,
             policy=RetryPolicy(max(1, blob_attempts), TRANSFER.max_time_s),
             sleep=sleep,
+            journal=journal,
         )
         self._planned: set[tuple[str, Digest]] = set()  # dry run: what was counted as moving
         self.referrers = referrers
@@ -216,6 +267,10 @@ class Copier:
                         result.pulls += await self._subject_first(
                             source_repo, target_repo, subject.digest
                         )
+                    if self._moves(plan, target_reference) and self._backup is not None:
+                        assert plan.previous is not None
+                        result.backup = self._backup(target_reference)
+                        await self._transfer.keep_backup(target_repo, result.backup, plan.previous)
                     there = await self._execute(plan, source_repo, target_repo, target_reference)
                     result.blobs_missing -= len(there)
                     result.bytes_missing -= sum(b.size for b in there)
@@ -304,6 +359,16 @@ class Copier:
         if plan.top is not None:
             await self._transfer.execute(plan, source_repo, target_repo, str(subject))
         return plan.pulls
+
+    @staticmethod
+    def _moves(plan: Plan, target_reference: str) -> bool:
+        """Whether the copy points an existing tag at other content (its old digest is lost)."""
+        return (
+            plan.top is not None
+            and plan.previous is not None
+            and plan.previous != plan.digest
+            and _TAG.fullmatch(target_reference) is not None
+        )
 
     def _count_planned(self, target_repo: str, plan: Plan) -> None:
         """In a dry run, count each blob and manifest that would move once, as a run would."""

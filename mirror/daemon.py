@@ -31,6 +31,7 @@ from mirror.config import DEFAULT_INTERVAL_S, Config, MirrorEntry, load_config
 from mirror.errors import ConfigError, MirrorError
 from mirror.health import HealthServer, Metrics
 from mirror.jobs import Clients, JobResult, Outcome, run_entry
+from mirror.notify import FLUSH_S, Notifier, last_statuses
 from mirror.prune import log_result, prune_entry
 from mirror.records import status_document
 
@@ -102,6 +103,7 @@ class Daemon:
         self._running: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
+        self.notifier: Notifier | None = None
         self._scheduler = AsyncIOScheduler(timezone=datetime.UTC)
         self.health = HealthServer(
             config.daemon.listen_host,
@@ -117,6 +119,10 @@ class Daemon:
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit code (0 after a clean stop)."""
         loop = asyncio.get_running_loop()
+        if self.config.notify:  # a URL that cannot be read stops the start, as a config error
+            self.notifier = Notifier.from_config(
+                self.config, previous=last_statuses(self.clients.state.last_runs())
+            )
         try:
             await self.health.start()
         except OSError as exc:
@@ -174,6 +180,8 @@ class Daemon:
                 log.warning("grace period over, cancelling", jobs=len(pending))
                 await asyncio.gather(*pending, return_exceptions=True)
         await self.health.stop()
+        if self.notifier is not None:
+            await self.notifier.aclose(FLUSH_S)
         for clients in (*self._retired_clients, self.clients):
             await clients.aclose()
         log.info("daemon stopped")
@@ -195,9 +203,14 @@ class Daemon:
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             new = load_config(self.config_path)
+            notifier = self._renotify(new)
         except MirrorError as exc:
             log.error("config reload rejected", error=str(exc))
         else:
+            if notifier is not self.notifier:
+                old, self.notifier = self.notifier, notifier
+                if old is not None:
+                    await old.aclose(FLUSH_S)  # what it has queued, within the bound
             if new.daemon != self.config.daemon:
                 log.info("config reload: [daemon] settings take effect at the next restart")
             if (new.registries, new.target) != (self.config.registries, self.config.target):
@@ -207,6 +220,14 @@ class Daemon:
             self.config = new
             log.info("config reloaded", jobs=len(self._entries))
         sd_notify("READY=1")
+
+    def _renotify(self, new: Config) -> Notifier | None:
+        """The notifier for a reloaded config: the same one unless ``[[notify]]`` changed
+        (then a new one, which knows how each entry's last run ended)."""
+        if new.notify == self.config.notify:
+            return self.notifier
+        previous = self.notifier.last if self.notifier is not None else {}
+        return Notifier.from_config(new, previous=previous)
 
     # --- jobs ---------------------------------------------------------------------------
 
@@ -286,6 +307,8 @@ class Daemon:
         self._outcomes[result.job] = result.outcome
         if result.outcome != "failed":
             self._ever_ok.add(result.job)
+        if self.notifier is not None:
+            self.notifier.job_finished(result)
 
     # --- health ---------------------------------------------------------------------------
 

@@ -35,7 +35,8 @@ from mirror.selection import (
     newest_first,
     select,
 )
-from mirror.state import State, TagRecord, resolve_path
+from mirror.state import PendingUpload, State, TagRecord, resolve_path
+from mirror.upload import UploadJournal
 
 REPOSITORIES_IN_FLIGHT = 4  # a namespace entry syncs this many repositories at once
 EVERY_TAG = TagRules()
@@ -88,6 +89,12 @@ class Clients:
             self._state = State(path, warn=self._state_warning)
         return self._state
 
+    @property
+    def journal(self) -> UploadJournal:
+        """The state as the copy engine's upload journal, opened only when a large blob
+        needs it (a run of small blobs never creates the database)."""
+        return _LazyJournal(self)
+
     def get(self, name: str) -> Registry | Layout:
         client = self._clients.get(name)
         if client is None and is_layout(name):
@@ -126,6 +133,24 @@ class Clients:
         self._clients.clear()
         if self._state is not None:
             self._state.close()
+
+
+class _LazyJournal:
+    """``Clients.state`` as an ``UploadJournal``, opened at its first use."""
+
+    def __init__(self, clients: Clients) -> None:
+        self._clients = clients
+
+    def save_upload(
+        self, target: str, repository: str, digest: str, url: str, offset: int, size: int
+    ) -> None:
+        self._clients.state.save_upload(target, repository, digest, url, offset, size)
+
+    def pending_upload(self, target: str, repository: str, digest: str) -> PendingUpload | None:
+        return self._clients.state.pending_upload(target, repository, digest)
+
+    def forget_upload(self, target: str, repository: str, digest: str) -> None:
+        self._clients.state.forget_upload(target, repository, digest)
 
 
 def _warn_state(line: str) -> None:
@@ -389,6 +414,8 @@ async def run_entry(
             referrers=entry.referrers,
             artifact_types=entry.artifact_types,
             unsupported=clients.unsupported,
+            backup=entry.backup,
+            journal=None if dry_run else clients.journal,
         )
         if entry.is_namespace:
             repositories = await clients.get(source_registry).list_repositories(source_ns.path)
@@ -434,6 +461,8 @@ async def run_entry(
             fields |= {"digest": tag.digest, "blobs": tag.blobs_missing, "bytes": tag.bytes_missing}
             if tag.source_digest:
                 fields["source_digest"] = tag.source_digest
+            if tag.backup:
+                fields |= {"previous": tag.previous, "backup": tag.backup}
         else:
             fields["error" if tag.status == "failed" else "reason"] = tag.error
         if tag.referrer_of:
@@ -476,6 +505,7 @@ async def run_entry(
         bytes=report.bytes_copied,
         upstream_manifest_gets=report.upstream_manifest_gets,
         referrers_copied=report.referrers_copied,
+        **({"bytes_resumed": report.bytes_resumed} if report.bytes_resumed else {}),
         seconds=round(seconds, 3),
         **({"error": error} if error else {}),
     )

@@ -302,6 +302,12 @@ class Layout:
         await writer.write(chunks)
         return upload_url, writer.written
 
+    async def upload_status(self, upload_url: str) -> tuple[str, int] | None:
+        """A session of this process and its bytes; None for any other (a session's temporary
+        file does not outlive its process: its hash state is gone, so the blob starts again)."""
+        entry = self._uploads.get(upload_url)
+        return None if entry is None else (upload_url, entry[1].written)
+
     async def finish_upload(self, upload_url: str, digest: Digest) -> None:
         repository, writer = self._upload(upload_url)
         del self._uploads[upload_url]

@@ -325,6 +325,20 @@ class Registry:
         length = upload_length(response.headers.get("Range"), held + sent)
         return location(self.name, response), length
 
+    async def upload_status(self, upload_url: str) -> tuple[str, int] | None:
+        """Where an upload session stands (``GET`` on it: 204 with ``Range: 0-N``): its next
+        URL and the bytes it holds. None when the registry no longer knows the session: it
+        expired or was purged (404 ``BLOB_UPLOAD_UNKNOWN``), or, in distribution, the bytes it
+        holds are not the ones its URL was issued for (404 or 400 ``BLOB_UPLOAD_INVALID``)."""
+        what = "blob upload status"
+        response = await self._retrying("GET", upload_url, what=what)
+        if response.status_code in (400, 404):
+            return None
+        await self._check(response, what=what)
+        held = upload_length(response.headers.get("Range"), 0)
+        next_url = location(self.name, response) if "Location" in response.headers else upload_url
+        return next_url, held
+
     async def finish_upload(self, upload_url: str, digest: Digest) -> None:
         """Commit a session's bytes as blob ``digest`` (PUT ``?digest=``, empty body); the
         registry checks the digest before it links the blob."""

@@ -39,6 +39,7 @@ class TagResult:
     manifests_missing: int = 0
     pulls: int = 0  # upstream manifest GETs this tag cost (or, in a dry run, will cost)
     previous: str | None = None  # the target tag's digest before this run (None: no such tag)
+    backup: str | None = None  # the tag the previous digest was kept under before it moved
     error: str | None = None  # why it failed, or why it was deferred
     # Where it went, as values (``target`` is for people): registry, repository, and the tag
     # (None when the target reference is a digest, or nothing was copied: a listing failed).
@@ -65,6 +66,7 @@ class CopyReport:
     blobs_mounted: int = 0
     blobs_present: int = 0
     bytes_copied: int = 0
+    bytes_resumed: int = 0  # of bytes_copied, held by upload sessions an earlier process left
     upstream_manifest_gets: int = 0
     # Signatures, attestations and referrers carried with what they describe (not tags: no
     # tag rule applies to them), by the same results.

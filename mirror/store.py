@@ -106,6 +106,11 @@ class Store(Protocol):
         it now holds. The chunks may end early: what arrived is kept."""
         ...
 
+    async def upload_status(self, upload_url: str) -> tuple[str, int] | None:
+        """Where a session opened earlier (perhaps by another process) stands: its next handle
+        and the bytes it holds; None when the store no longer knows it (start again)."""
+        ...
+
     async def finish_upload(self, upload_url: str, digest: Digest) -> None:
         """Commit a session's bytes as blob ``digest`` (checked before it is kept)."""
         ...

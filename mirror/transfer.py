@@ -2,7 +2,8 @@
 
 Owns blob transfer (a mount from a sibling repository, else a stream from source to target,
 hashed as it flows; a large blob in a session that survives a broken download and resumes
-with a Range; the digest checked before the upload is committed) and manifest push order
+with a Range, or, given an ``UploadJournal``, in recorded pieces that survive a restart too,
+``mirror.upload``; the digest checked before the upload is committed) and manifest push order
 (children by digest, then the tag, read back, under per-manifest locks). Decides nothing
 about what to copy: it carries out a ``mirror.plan.Plan``.
 """
@@ -14,13 +15,14 @@ import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
-from mirror.errors import DigestMismatch, MirrorError, Unavailable
+from mirror.errors import MirrorError, Unavailable
 from mirror.manifest import Descriptor, Manifest
 from mirror.plan import Plan, TargetState, once
 from mirror.reference import Digest
 from mirror.report import CopyReport, Progress
 from mirror.retry import RESUMES, TRANSFER, RetryPolicy, Sleep, resume_wait
 from mirror.store import Store
+from mirror.upload import DownloadFailed, Feed, UploadJournal, send_journaled
 
 RESUMABLE_MIN_BYTES = 4 * 1024 * 1024  # smaller blobs just start again when they break
 
@@ -45,7 +47,9 @@ class Transfer:
         progress: Progress | None = None,
         policy: RetryPolicy = TRANSFER,
         sleep: Sleep = asyncio.sleep,
+        journal: UploadJournal | None = None,
     ) -> None:
+        """``journal`` records large uploads as they go, for a restart to resume them."""
         self.source = source
         self.target = target
         self.state = state
@@ -54,6 +58,7 @@ class Transfer:
         self._slots = asyncio.Semaphore(max(1, concurrency))
         self._policy = policy
         self._sleep = sleep
+        self._journal = journal
         self._blob_sent: dict[tuple[str, Digest], asyncio.Future[bool]] = {}
         self._blob_streams: dict[Digest, asyncio.Future[None]] = {}  # first stream per blob
         self._child_pushes: dict[tuple[str, Digest], asyncio.Future[None]] = {}
@@ -97,6 +102,18 @@ class Transfer:
         )
         await self._put_manifest(target_repo, target_reference, plan.top, read_back=True)
         return [b for b, sent in zip(plan.missing_blobs, outcomes, strict=True) if sent is False]
+
+    async def keep_backup(self, repo: str, backup_tag: str, digest: Digest) -> None:
+        """Put the manifest ``digest`` of the target's ``repo`` under ``backup_tag`` as well,
+        before the tag that points there moves: read from the target itself (no upstream pull),
+        written back byte for byte. Raises when it cannot be kept: the tag must not move then."""
+        try:
+            manifest = await self.target.get_manifest(repo, str(digest), expected=digest)
+            await self._put_manifest(repo, backup_tag, manifest, read_back=True)
+        except MirrorError as exc:
+            raise MirrorError(
+                f"backup of {digest} as {repo}:{backup_tag} failed, so the tag was not moved: {exc}"
+            ) from None
 
     async def _put_manifest(
         self, repo: str, reference: str, manifest: Manifest, *, read_back: bool = False
@@ -182,6 +199,20 @@ class Transfer:
     ) -> None:
         """Step 4 for one blob. Small blobs go in one PUT with their Content-Length (a broken
         one simply starts again); large ones in a session that survives a broken download."""
+        if blob.size >= RESUMABLE_MIN_BYTES and self._journal is not None:
+            await send_journaled(
+                self.source,
+                self.target,
+                source_repo,
+                target_repo,
+                blob,
+                upload_url,
+                self._journal,
+                report=self.report,
+                progress=self.progress,
+                sleep=self._sleep,
+            )
+            return
         if blob.size >= RESUMABLE_MIN_BYTES:
             await self._resumable_copy(source_repo, target_repo, blob, upload_url)
             return
@@ -207,7 +238,7 @@ class Transfer:
         session is committed: a bad blob is never linked, and its session is abandoned.
         """
         url = upload_url or await self.target.start_upload(target_repo)
-        feed = _Feed(blob, self.progress)
+        feed = Feed(blob, self.progress)
         resumes = 0
         try:
             while True:
@@ -252,7 +283,7 @@ class Transfer:
     ) -> AsyncIterator[bytes]:
         """Pass chunks through, hashing them; the last chunk is held back until the digest and
         size are known good, so a bad blob never completes its upload."""
-        feed = _Feed(blob, self.progress)
+        feed = Feed(blob, self.progress)
         held: bytes | None = None
         try:
             async for chunk in chunks:
@@ -267,59 +298,3 @@ class Transfer:
                 feed.advanced(len(held))
         finally:
             feed.close()
-
-
-class _Feed:
-    """One blob's bytes on their way up: hashed, counted and reported as they pass, across
-    however many downloads it takes."""
-
-    def __init__(self, blob: Descriptor, progress: Progress | None) -> None:
-        self.blob = blob
-        self.hasher = blob.digest.hasher()
-        self.received = 0
-        self.broken: Unavailable | None = None
-        self._progress = progress
-        if progress:
-            progress.blob_started(blob.digest, blob.size)
-
-    async def take(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Pass ``chunks`` on; a download that breaks off ends the stream instead of failing
-        it (``broken`` says why), so the upload keeps every byte that came."""
-        self.broken = None
-        try:
-            async for chunk in chunks:
-                self.add(chunk)
-                yield chunk
-                self.advanced(len(chunk))
-        except Unavailable as exc:
-            self.broken = exc
-
-    def add(self, chunk: bytes) -> None:
-        """Count and hash ``chunk``; more bytes than the descriptor says is a mismatch."""
-        if self.received + len(chunk) > self.blob.size:
-            raise DigestMismatch(
-                f"blob {self.blob.digest}", self.blob.digest, f"more than {self.blob.size} bytes"
-            )
-        self.hasher.update(chunk)
-        self.received += len(chunk)
-
-    def advanced(self, nbytes: int) -> None:
-        """``nbytes`` have gone up: tell the progress display."""
-        if self._progress:
-            self._progress.blob_advanced(self.blob.digest, nbytes)
-
-    def check(self) -> None:
-        """Raise DigestMismatch unless exactly the right bytes came."""
-        actual = f"{self.blob.digest.algorithm}:{self.hasher.hexdigest()}"
-        if self.received != self.blob.size:
-            actual = f"{self.received} bytes where the manifest says {self.blob.size}"
-        if actual != self.blob.digest:
-            raise DigestMismatch(f"blob {self.blob.digest}", self.blob.digest, actual)
-
-    def close(self) -> None:
-        if self._progress:
-            self._progress.blob_finished(self.blob.digest)
-
-
-class DownloadFailed(MirrorError):
-    """A large blob's download kept breaking after every resume: that tag fails."""

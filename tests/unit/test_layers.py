@@ -38,6 +38,7 @@ LIBRARY = [
     "files",  # atomic writes for layouts on disk
     "layout",  # oci:DIR, the second Store
     "plan",
+    "upload",  # one blob's bytes into a session; the journal that resumes it after a restart
     "transfer",
     "referrers",  # signatures and referrers: found by tag or API, carried after their subject
     "copy",
@@ -51,6 +52,7 @@ APPLICATION = [
     "jobs",
     "records",  # status and history, for the CLI and the daemon's /status
     "prune",
+    "notify",  # webhooks and apprise receivers, off the copy path
     "health",
     "daemon",
     "airgap_commands",
