@@ -26,9 +26,9 @@ async def inventory_command(args: argparse.Namespace) -> int:
     holds, as one JSON document on stdout (``mirror.bundle`` describes it), for ``sync --have``.
     Without repositories: those the config's entries copy into it, else its whole catalog."""
     from mirror.airgap import take_inventory
+    from mirror.clients import Clients
     from mirror.config import config_path, load_config
     from mirror.errors import ConfigError, MirrorError
-    from mirror.jobs import Clients
     from mirror.reference import is_layout, layout_name, names_registry, parse_repository
 
     config = load_config(config_path(args.config))

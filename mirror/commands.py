@@ -63,10 +63,11 @@ def resolve_requests(refs: list[str], target_text: str) -> list[SyncRequest]:
 
 async def sync_command(args: argparse.Namespace) -> int:
     from mirror.airgap_commands import expect_inventory, namespace_requests
+    from mirror.clients import Clients
     from mirror.config import config_path, load_config
     from mirror.copy import Copier
     from mirror.errors import MirrorError
-    from mirror.jobs import Clients, check_bundle, counts_of, outcome_of, record_run, sync
+    from mirror.jobs import check_bundle, counts_of, outcome_of, record_run, sync
     from mirror.layout import Layout
     from mirror.manifest import Platform
     from mirror.reference import is_namespace
@@ -197,9 +198,9 @@ def _deferred_exit(args: argparse.Namespace) -> int:
 
 async def tags_command(args: argparse.Namespace) -> int:
     """``mirror tags REPOSITORY [rules]``: the decision and its reason for every tag."""
+    from mirror.clients import Clients
     from mirror.config import config_path, load_config
     from mirror.errors import MirrorError
-    from mirror.jobs import Clients
     from mirror.reference import parse_repository
     from mirror.referrers import split_tags
     from mirror.selection import select
@@ -352,10 +353,11 @@ async def plan_command(args: argparse.Namespace) -> int:
     """``mirror plan``: a dry run of every configured entry, as a table (or JSON)."""
     import logging
 
+    from mirror.clients import Clients
     from mirror.config import config_path, load_config
     from mirror.daemon import Shard
     from mirror.errors import ConfigError
-    from mirror.jobs import Clients, run_entry
+    from mirror.jobs import run_entry
     from mirror.logs import configure_logging
 
     path = config_path(args.config)
@@ -448,10 +450,11 @@ async def plan_command(args: argparse.Namespace) -> int:
 async def sync_all_command(args: argparse.Namespace) -> int:
     """``mirror sync --all``: every configured entry once, logged like the daemon's runs."""
     from mirror.airgap_commands import expect_inventory
+    from mirror.clients import Clients
     from mirror.config import config_path, load_config
     from mirror.daemon import Shard
     from mirror.errors import ConfigError
-    from mirror.jobs import Clients, run_entry
+    from mirror.jobs import run_entry
     from mirror.logs import configure_logging
     from mirror.reference import is_layout, layout_name, names_registry
 

@@ -41,9 +41,10 @@ import string
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
+from mirror.concurrency import Priority
 from mirror.errors import MirrorError, NotFound, QuotaExhausted, RegistryError, Unsupported
 from mirror.manifest import INDEX_TYPES, Descriptor, Platform
-from mirror.plan import Plan, Planner, Priority, TargetState
+from mirror.plan import Plan, Planner, TargetState
 from mirror.reference import Digest
 from mirror.referrers import IN_STEP, Referrers, ReferrerTags, Subject
 from mirror.report import CopyReport, Progress, TagResult

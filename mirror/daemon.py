@@ -27,10 +27,11 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from mirror.clients import Clients
 from mirror.config import DEFAULT_INTERVAL_S, Config, MirrorEntry, load_config
 from mirror.errors import ConfigError, MirrorError
 from mirror.health import HealthServer, Metrics
-from mirror.jobs import Clients, JobResult, Outcome, run_entry
+from mirror.jobs import JobResult, Outcome, run_entry
 from mirror.notify import FLUSH_S, Notifier, last_statuses
 from mirror.prune import log_result, prune_entry
 from mirror.records import status_document

@@ -22,9 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mirror.clients import Clients
 from mirror.config import MirrorEntry, config_path, format_duration, load_config
 from mirror.errors import ConfigError, MirrorError
-from mirror.jobs import Clients
 from mirror.manifest import INDEX_TYPES
 from mirror.output import error, warning
 from mirror.reference import Digest, parse_reference

@@ -15,9 +15,10 @@ import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
+from mirror.concurrency import once
 from mirror.errors import MirrorError, Unavailable
 from mirror.manifest import Descriptor, Manifest
-from mirror.plan import Plan, TargetState, once
+from mirror.plan import Plan, TargetState
 from mirror.reference import Digest
 from mirror.report import CopyReport, Progress
 from mirror.retry import RESUMES, TRANSFER, RetryPolicy, Sleep, resume_wait

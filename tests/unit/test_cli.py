@@ -1,5 +1,5 @@
 """The ``mirror`` command: pairing sources with targets, exit codes, one-line errors, and a
-whole ``mirror sync`` against fake registries (``mirror.jobs.Registry`` is pointed at them)."""
+whole ``mirror sync`` against fake registries (``mirror.clients.Registry`` is pointed at them)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-import mirror.jobs
+import mirror.clients
 from mirror.cli import main
 from mirror.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE, resolve_requests
 from mirror.errors import ConfigError, InvalidReference
@@ -146,7 +146,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> dict[str, FakeRegistry]:
         assert name in registries, f"the command tried to reach {name}"
         return Registry(name, transport=registries[name].transport(), sleep=no_sleep, **kwargs)
 
-    monkeypatch.setattr(mirror.jobs, "Registry", build)
+    monkeypatch.setattr(mirror.clients, "Registry", build)
     return registries
 
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mirror.clients import Clients
 from mirror.config import load_config
 from mirror.copy import Copier
 from mirror.errors import ConfigError
-from mirror.jobs import Clients, SyncRequest, sync
+from mirror.jobs import SyncRequest, sync
 from mirror.reference import parse_reference, parse_repository
 from tests.unit.conftest import RecordingSleep
 from tests.unit.fakes import FakeRegistry, error_response, make_image, make_index

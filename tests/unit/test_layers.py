@@ -34,6 +34,7 @@ LIBRARY = [
     "responses",
     "http",
     "registry",
+    "concurrency",  # work shared once per run, turns at a tight pull budget
     "bundle",  # the inventory and bundle-file formats
     "files",  # atomic writes for layouts on disk
     "layout",  # oci:DIR, the second Store
@@ -49,6 +50,7 @@ APPLICATION = [
     "output",  # words on a terminal; below records and prune, which print
     "config",
     "state",  # the record of runs and tags; never imported by the library
+    "clients",  # the registries, layouts and state a process shares
     "jobs",
     "records",  # status and history, for the CLI and the daemon's /status
     "prune",
