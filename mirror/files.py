@@ -16,7 +16,7 @@ import hashlib
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -52,17 +52,23 @@ def write_atomic(path: Path, data: bytes) -> None:
 
     Blocking: call it with ``asyncio.to_thread``. The temporary file is gone whatever fails.
     """
+    _write_then_rename(path, lambda fh: fh.write(data), "write")
+
+
+def _write_then_rename(path: Path, fill: Callable[[BinaryIO], object], action: str) -> None:
+    """Fill a temporary file beside ``path`` with ``fill``, fsync it and rename it to ``path``
+    (then fsync the directory); the temporary file is gone whatever fails."""
     temp = temp_path(path)
     try:
         with open(temp, "xb") as fh:
-            fh.write(data)
+            fill(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(temp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             temp.unlink()
-        raise failure("write", path, exc) from None
+        raise failure(action, path, exc) from None
     fsync_directory(path.parent)
 
 
@@ -76,17 +82,13 @@ def link_or_copy(source: Path, target: Path) -> None:
     except FileExistsError:
         return
     except OSError:  # EXDEV, EPERM, EMLINK, no links on FAT: copy instead
-        temp = temp_path(target)
-        try:
-            with open(source, "rb") as src, open(temp, "xb") as dst:
+
+        def copy(dst: BinaryIO) -> None:
+            with open(source, "rb") as src:
                 shutil.copyfileobj(src, dst, BATCH_BYTES)
-                dst.flush()
-                os.fsync(dst.fileno())
-            os.replace(temp, target)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise failure("copy a blob to", target, exc) from None
+
+        _write_then_rename(target, copy, "copy a blob to")
+        return
     fsync_directory(target.parent)
 
 
