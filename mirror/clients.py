@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -118,6 +119,9 @@ class _LazyJournal:
 
     def forget_upload(self, target: str, repository: str, digest: str) -> None:
         self._clients.state.forget_upload(target, repository, digest)
+
+    def spool_directory(self) -> Path | None:
+        return self._clients.state.spool_directory()
 
 
 def _warn_state(line: str) -> None:

@@ -408,6 +408,11 @@ class State:
             )
         )
 
+    def spool_directory(self) -> Path | None:
+        """The database's directory, where large uploads spool their pieces (a volume that
+        outlives the process, unlike a tmpfs /tmp); None without a database."""
+        return self.path.parent if self._db is not None and self.path is not None else None
+
     # -- the database itself ----------------------------------------------------------------
 
     def _open(self, path: Path) -> sqlite3.Connection | None:

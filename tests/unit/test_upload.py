@@ -10,6 +10,7 @@ import os
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +50,11 @@ class Journal:
 
     def forget_upload(self, target: str, repository: str, digest: str) -> None:
         self.rows.pop((target, repository, digest), None)
+
+    def spool_directory(self) -> Path | None:
+        return self.spool
+
+    spool: Path | None = None
 
 
 class Source:
@@ -230,3 +236,25 @@ async def test_a_failed_blob_abandons_its_session_and_its_record() -> None:
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+def test_pieces_are_a_32nd_of_the_blob_within_their_bounds() -> None:
+    mib = 1024 * 1024
+    bounds = (upload.MAX_PIECE_BYTES, 8 * mib)  # the fixture shrank the smallest
+    upload.JOURNALED_PIECE_BYTES = bounds[1]
+    assert upload.piece_bytes(10 * mib) == 8 * mib  # a small blob: the smallest piece
+    assert upload.piece_bytes(1024 * mib) == 32 * mib  # a kill costs ~3 % of the blob
+    assert upload.piece_bytes(64 * 1024 * mib) == bounds[0]  # never more on disk per piece
+
+
+async def test_pieces_wait_in_the_spool_directory_or_the_systems_when_it_is_gone(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(3500)
+    for spool in (tmp_path, tmp_path / "gone"):
+        source, target, journal = Source(data), Target(), Journal()
+        journal.spool = spool
+        await send(source, target, blob_of(data), journal, CopyReport())
+        assert target.blobs == {blob_of(data).digest: data}
+        assert target.patches == [1000, 1000, 1000, 500]
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
