@@ -14,6 +14,7 @@ every write is one short transaction.
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -91,6 +92,11 @@ MIGRATIONS: tuple[str, ...] = (
         updated REAL NOT NULL,
         PRIMARY KEY (target, repository, digest)
     );
+    """,
+    # 2: which process a run is, so that one killed mid-run reads as interrupted, not running.
+    """
+    ALTER TABLE runs ADD COLUMN host TEXT;
+    ALTER TABLE runs ADD COLUMN pid INTEGER;
     """,
 )
 
@@ -178,11 +184,11 @@ class State:
 
     def start_run(self, job: str) -> int | None:
         """Record that a run of ``job`` began; its id, for ``finish_run`` (None: no state)."""
-        started = self._clock()
+        row = (job, self._clock(), socket.gethostname(), os.getpid())
         return self._write(
             lambda db: (
                 db.execute(
-                    "INSERT INTO runs (job, started) VALUES (?, ?)", (job, started)
+                    "INSERT INTO runs (job, started, host, pid) VALUES (?, ?, ?, ?)", row
                 ).lastrowid
             )
         )
@@ -206,7 +212,8 @@ class State:
     def runs(self, job: str | None = None, *, limit: int = 20) -> list[dict[str, Any]]:
         """The latest runs, newest first (of one job, or of all)."""
         where, args = ("WHERE job = ?", (job,)) if job else ("", ())
-        return self._read(f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT ?", (*args, limit))
+        rows = self._read(f"SELECT * FROM runs {where} ORDER BY id DESC LIMIT ?", (*args, limit))
+        return [_interrupted(row) for row in rows]
 
     def last_runs(self) -> dict[str, dict[str, Any]]:
         """Each job's latest run, and its latest successful one's end as ``last_success``."""
@@ -215,7 +222,7 @@ class State:
             " AND s.outcome = 'success') AS last_success"
             " FROM runs r WHERE r.id = (SELECT MAX(id) FROM runs t WHERE t.job = r.job)"
         )
-        return {row["job"]: row for row in rows}
+        return {row["job"]: _interrupted(row) for row in rows}
 
     # -- tags -----------------------------------------------------------------------------
 
@@ -509,6 +516,19 @@ _RUN_COUNTS = (
     "bytes",
     "pulls",
 )
+
+
+def _interrupted(run: dict[str, Any]) -> dict[str, Any]:
+    """A run without an outcome whose process is gone (killed, or the machine rebooted) as
+    ``interrupted``; one still running, or of another host (unknown), is left as it is."""
+    if run["outcome"] is None and run.get("pid") and run.get("host") == socket.gethostname():
+        try:
+            os.kill(run["pid"], 0)
+        except ProcessLookupError:
+            return {**run, "outcome": "interrupted"}
+        except OSError:
+            pass  # another user's process: alive
+    return run
 
 
 def _migrate(db: sqlite3.Connection) -> None:

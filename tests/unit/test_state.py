@@ -211,3 +211,38 @@ def test_processes_opening_a_new_file_at_once_create_its_tables_once(tmp_path: P
         thread.join()
     assert lines == []
     assert State(path).start_run("golang") == 1
+
+
+def test_a_run_whose_process_died_reads_as_interrupted_not_running(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / FILENAME
+    killed = (
+        "import sys, pathlib, mirror.state as m; "
+        "m.State(pathlib.Path(sys.argv[1])).start_run('gone')"  # then exits: never finished
+    )
+    subprocess.run([sys.executable, "-c", killed, str(path)], check=True)
+    state = State(path)
+    here = state.start_run("here")  # this process: still running
+
+    last = state.last_runs()
+    assert last["gone"]["outcome"] == "interrupted"
+    assert last["here"]["outcome"] is None
+    assert [r["outcome"] for r in state.runs()] == [None, "interrupted"]
+    state.finish_run(here, "success", {}, None)
+    assert state.last_runs()["here"]["outcome"] == "success"
+
+
+def test_a_database_of_the_first_schema_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / FILENAME
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    db.execute("INSERT INTO runs (job, started, outcome) VALUES ('old', 1, 'success')")
+    db.commit()
+    db.close()
+
+    state = State(path)
+
+    assert state.available and state.last_runs()["old"]["outcome"] == "success"
+    assert state.start_run("new") == 2
