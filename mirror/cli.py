@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--recheck",
         action="store_true",
         help="check full-version tags upstream too (normally a tag like 2.1.106 that the "
-        "target already has is trusted: it names one build forever)",
+        "target already has is trusted: it names one build forever), and try again the "
+        "images an earlier run left on purpose (foreign layers the target refused)",
     )
     sync.add_argument(
         "--no-referrers",

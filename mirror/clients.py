@@ -46,7 +46,10 @@ class Clients:
         self._clients: dict[str, Registry | Layout] = {}
         self.flattened: dict[Any, Any] = {}  # index digest -> the image a flatten took
         self._state: State | None = None
-        self.unsupported: dict[Any, str] = {}  # source digest left on purpose -> why
+        # Source digests left on purpose (foreign layers the target refused) -> why: known
+        # from the state at the first real run, so a cron run does not pull them again.
+        self.unsupported: dict[Any, str] = {}
+        self._remembered = False
 
     @property
     def state(self) -> State:
@@ -56,6 +59,14 @@ class Clients:
             path = resolve_path(self.config.state)
             self._state = State(path, warn=self._state_warning)
         return self._state
+
+    def remembered_unsupported(self) -> dict[Any, str]:
+        """``unsupported``, with what earlier processes' runs left on purpose (read once)."""
+        if not self._remembered:
+            self._remembered = True
+            for digest, why in self.state.unsupported_digests().items():
+                self.unsupported.setdefault(digest, why)
+        return self.unsupported
 
     @property
     def journal(self) -> UploadJournal:

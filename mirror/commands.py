@@ -114,6 +114,9 @@ async def sync_command(args: argparse.Namespace) -> int:
                 platforms=platforms,
                 flatten=args.flatten,
                 referrers=not args.no_referrers,
+                unsupported=None
+                if args.dry_run or args.recheck
+                else clients.remembered_unsupported(),
                 backup=backup,
                 journal=None if args.dry_run else clients.journal,
             )

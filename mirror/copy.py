@@ -316,8 +316,8 @@ class Copier:
             reason = (
                 f"its {foreign} foreign layers (Windows base layers, fetched from their URLs) "
                 f"are refused by {self.target.name} (HTTP {exc.status}); a registry takes "
-                "them with validation.manifests.urls.allow set (mirror run does not pull it "
-                "again while its digest stays the same)"
+                "them with validation.manifests.urls.allow set (not pulled again while its "
+                "digest stays the same; --recheck tries again)"
             )
             self._planner.unsupported[plan.source_digest or plan.digest] = reason
             raise Unsupported(reason) from None

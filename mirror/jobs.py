@@ -61,6 +61,7 @@ def tag_records(results: Iterable[TagResult]) -> list[TagRecord]:
         if r.status == "planned":
             continue
         in_step = r.status in ("copied", "skipped")
+        known = in_step or r.status == "unsupported"  # left on purpose: remember what, too
         records.append(
             TagRecord(
                 target=r.target_registry,
@@ -68,7 +69,7 @@ def tag_records(results: Iterable[TagResult]) -> list[TagRecord]:
                 tag=r.target_tag,
                 source=r.source,
                 status=r.status,
-                source_digest=(r.source_digest or r.digest) if in_step else None,
+                source_digest=(r.source_digest or r.digest) if known else None,
                 target_digest=r.digest if in_step else None,
                 previous=r.previous,
                 bytes=r.bytes_missing if r.status == "copied" else 0,
@@ -305,7 +306,9 @@ async def run_entry(
             flattened=clients.flattened,
             referrers=entry.referrers,
             artifact_types=entry.artifact_types,
-            unsupported=clients.unsupported,
+            unsupported=(
+                clients.unsupported if dry_run or recheck else clients.remembered_unsupported()
+            ),
             backup=entry.backup,
             journal=None if dry_run else clients.journal,
         )

@@ -292,6 +292,14 @@ class State:
         where, args = ("WHERE job = ?", (job,)) if job else ("", ())
         return self._read(f"SELECT * FROM tags {where} ORDER BY target, repository, tag", args)
 
+    def unsupported_digests(self) -> dict[str, str]:
+        """The source digests whose tags were last left on purpose (``unsupported``), with why."""
+        rows = self._read(
+            "SELECT source_digest, error FROM tags"
+            " WHERE status = 'unsupported' AND source_digest IS NOT NULL"
+        )
+        return {row["source_digest"]: row["error"] or "left on purpose" for row in rows}
+
     def history(self, target: str, repository: str, tag: str) -> list[dict[str, Any]]:
         """Every digest change of one tag, oldest first."""
         return self._read(

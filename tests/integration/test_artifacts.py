@@ -156,6 +156,17 @@ def test_foreign_layers_a_target_refuses_are_one_clear_line_not_a_failure(
     assert manifest_digest(local.url, "win/app", "ltsc2022") is None
     assert manifest_digest(local.url, "win/app", "linux") is not None
 
+    mark = source.log_mark()  # a later process (cron) knows it from the state: no pull
+    again = run_mirror("sync", f"{source.host}/win/app", "--to", local.host, home=tmp_path)
+    assert again.code == 0, again.describe()
+    lines = [line for line in again.stdout.splitlines() if ":ltsc2022" in line]
+    assert lines and lines[0].startswith("not copied"), again.describe()
+    source.settle_log()
+    pulls = [
+        e.path for e in source.requests_since(mark) if e.method == "GET" and "/manifests/" in e.path
+    ]
+    assert pulls == [], pulls
+
 
 def test_foreign_layers_a_target_takes_are_carried_and_stay_at_their_urls(
     tmp_path: Path, make_registry: Callable[..., RegistryProcess]
