@@ -155,3 +155,19 @@ async def test_asyncio_stream_reader_keeps_unread_bytes_in_buffer() -> None:
     assert bytes(getattr(reader, "_buffer", b"")) == b"waiting", (
         "asyncio.StreamReader._buffer is gone: transport._Stream reads it to skip a timer"
     )
+
+
+def test_starting_mirror_does_not_load_httpxs_command_line_client() -> None:
+    """apprise brings click, and httpx imports its own CLI (click, rich, pygments) whenever it
+    can: ~120 ms on every `mirror` start. mirror/__init__.py marks it absent."""
+    import subprocess
+
+    probe = (
+        "import sys, mirror.cli, mirror.clients, httpx; "
+        "print(sorted(m for m in ('click', 'rich.console', 'pygments') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+    assert importlib.metadata.distribution("click")  # it is installed: the guard is what holds
