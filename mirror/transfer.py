@@ -16,14 +16,14 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 
 from mirror.concurrency import once
-from mirror.errors import MirrorError, Unavailable
+from mirror.errors import MirrorError
 from mirror.manifest import Descriptor, Manifest
 from mirror.plan import Plan, TargetState
 from mirror.reference import Digest
 from mirror.report import CopyReport, Progress
-from mirror.retry import RESUMES, TRANSFER, RetryPolicy, Sleep, resume_wait
+from mirror.retry import TRANSFER, RetryPolicy, Sleep
 from mirror.store import Store
-from mirror.upload import DownloadFailed, Feed, UploadJournal, send_journaled
+from mirror.upload import Feed, Session, UploadJournal, send_journaled, send_resuming
 
 RESUMABLE_MIN_BYTES = 4 * 1024 * 1024  # smaller blobs just start again when they break
 
@@ -229,55 +229,26 @@ class Transfer:
     async def _resumable_copy(
         self, source_repo: str, target_repo: str, blob: Descriptor, upload_url: str | None
     ) -> None:
-        """Stream a large blob into one upload session, resuming a broken download.
-
-        The bytes go up in a chunked PATCH as they arrive. When the download breaks off (a
-        reset, a stall past the read timeout), the PATCH ends there and the session keeps what
-        arrived; the rest is fetched with a Range from that offset (no byte crosses twice;
-        a source that ignores Range is read from the start and the known part skipped). The
-        first resume is immediate. The digest is checked over the whole blob before the
-        session is committed: a bad blob is never linked, and its session is abandoned.
-        """
+        """Stream a large blob into one upload session, resuming a broken download: the bytes
+        go up in a chunked PATCH as they arrive, and a PATCH a broken download ends keeps what
+        arrived (``send_resuming`` fetches the rest)."""
         url = upload_url or await self.target.start_upload(target_repo)
-        feed = Feed(blob, self.progress)
-        resumes = 0
-        try:
-            while True:
-                try:
-                    offset = feed.received
-                    async with self.source.open_blob(
-                        source_repo, blob.digest, offset=offset
-                    ) as chunks:
-                        url, held = await self.target.append_upload(
-                            url, feed.take(chunks), held=offset
-                        )
-                except Unavailable as exc:
-                    if feed.received != offset:
-                        raise  # the target side failed mid-PATCH: start again from nothing
-                    feed.broken = exc  # the source failed before sending a byte
-                else:
-                    if held != feed.received:
-                        raise Unavailable(
-                            f"registry {self.target.name}: upload of {blob.digest} holds "
-                            f"{held} bytes where {feed.received} were sent"
-                        )
-                if feed.broken is None:
-                    break
-                resumes += 1
-                if resumes > RESUMES:
-                    # Not Unavailable: this level has retried already, the copier must not.
-                    raise DownloadFailed(
-                        f"{feed.broken} (gave up after {RESUMES} resumes)"
-                    ) from None
-                if wait := resume_wait(feed.broken, resumes):
-                    await self._sleep(wait)
-            feed.check()
-            await self.target.finish_upload(url, blob.digest)
-        except MirrorError:
-            await self.target.cancel_upload(url)
-            raise
-        finally:
-            feed.close()
+
+        async def streamed(session: Session, chunks: AsyncIterator[bytes]) -> None:
+            session.url, session.held = await self.target.append_upload(
+                session.url, chunks, held=session.held
+            )
+
+        await send_resuming(
+            self.source,
+            self.target,
+            source_repo,
+            blob,
+            Session(url, 0),
+            streamed,
+            progress=self.progress,
+            sleep=self._sleep,
+        )
 
     async def _verified(
         self, chunks: AsyncIterator[bytes], blob: Descriptor

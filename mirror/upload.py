@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -101,7 +102,82 @@ async def send_journaled(
     """
     key = (target.name, target_repo, str(blob.digest))
     url, held = await _resume_point(target, key, blob, upload_url, journal, report)
-    feed = Feed(blob, progress, start=held)
+    spool = journal.spool_directory()
+
+    async def in_pieces(session: Session, chunks: AsyncIterator[bytes]) -> None:
+        pieces = _Pieces(chunks, piece_bytes(blob.size), spool)
+        # The next piece downloads while this one goes up (two on disk at most).
+        coming = asyncio.ensure_future(pieces.next())
+        try:
+            while piece := await coming:
+                coming = asyncio.ensure_future(pieces.next())
+                with piece:
+                    sent = session.held + piece.size
+                    session.url, session.held = await target.append_upload(
+                        session.url, piece.chunks(), held=session.held
+                    )
+                if session.held != sent:
+                    raise Unavailable(
+                        f"registry {target.name}: upload of {blob.digest} holds "
+                        f"{session.held} bytes where {sent} were sent"
+                    )
+                journal.save_upload(*key, session.url, session.held, blob.size)
+        finally:
+            if not coming.done():
+                coming.cancel()
+            with contextlib.suppress(BaseException):
+                left = await coming
+                if left is not None:
+                    left.close()
+
+    try:
+        await send_resuming(
+            source,
+            target,
+            source_repo,
+            blob,
+            Session(url, held),
+            in_pieces,
+            progress=progress,
+            sleep=sleep,
+        )
+    except MirrorError:
+        journal.forget_upload(*key)
+        raise
+    journal.forget_upload(*key)
+
+
+@dataclass(slots=True)
+class Session:
+    """An upload session on the target and the bytes it holds."""
+
+    url: str
+    held: int
+
+
+async def send_resuming(
+    source: Store,
+    target: Store,
+    source_repo: str,
+    blob: Descriptor,
+    session: Session,
+    send: Callable[[Session, AsyncIterator[bytes]], Awaitable[None]],
+    *,
+    progress: Progress | None,
+    sleep: Sleep,
+) -> None:
+    """Fill ``session`` with ``blob`` from the bytes it holds on, then commit it.
+
+    ``send`` puts a download's chunks into the session, keeping ``session`` up to date as the
+    target acknowledges them. When the download breaks off (a reset, a stall past the read
+    timeout), the chunks end there and the rest is fetched with a Range from what the session
+    holds (no byte crosses twice; a source that ignores Range is read from the start and the
+    known part skipped); the first resume is immediate, then as ``resume_wait`` says, at most
+    ``RESUMES`` times. The digest is checked over the whole blob (the target's check covers
+    bytes an earlier process sent) before the session is committed; on any failure the session
+    is abandoned, so a bad blob is never linked.
+    """
+    feed = Feed(blob, progress, start=session.held)
     resumes = 0
     try:
         while feed.received < blob.size:
@@ -109,49 +185,29 @@ async def send_journaled(
                 async with source.open_blob(
                     source_repo, blob.digest, offset=feed.received
                 ) as chunks:
-                    pieces = _Pieces(
-                        feed.take(chunks), piece_bytes(blob.size), journal.spool_directory()
-                    )
-                    # The next piece downloads while this one goes up (two on disk at most).
-                    coming = asyncio.ensure_future(pieces.next())
-                    try:
-                        while piece := await coming:
-                            coming = asyncio.ensure_future(pieces.next())
-                            with piece:
-                                sent = held + piece.size
-                                url, held = await target.append_upload(
-                                    url, piece.chunks(), held=held
-                                )
-                            if held != sent:
-                                raise Unavailable(
-                                    f"registry {target.name}: upload of {blob.digest} holds "
-                                    f"{held} bytes where {sent} were sent"
-                                )
-                            journal.save_upload(*key, url, held, blob.size)
-                    finally:
-                        if not coming.done():
-                            coming.cancel()
-                        with contextlib.suppress(BaseException):
-                            left = await coming
-                            if left is not None:
-                                left.close()
+                    await send(session, feed.take(chunks))
             except Unavailable as exc:
-                if held != feed.received:
+                if session.held != feed.received:
                     raise  # the target side failed mid-PATCH: start again from nothing
                 feed.broken = exc  # the source failed before sending a byte
+            else:
+                if session.held != feed.received:
+                    raise Unavailable(
+                        f"registry {target.name}: upload of {blob.digest} holds "
+                        f"{session.held} bytes where {feed.received} were sent"
+                    )
             if feed.broken is None:
                 break  # the source's body ended: complete, or short (``check`` says)
             resumes += 1
             if resumes > RESUMES:
+                # Not Unavailable: this level has retried already, the copier must not.
                 raise DownloadFailed(f"{feed.broken} (gave up after {RESUMES} resumes)") from None
             if wait := resume_wait(feed.broken, resumes):
                 await sleep(wait)
         feed.check()
-        await target.finish_upload(url, blob.digest)
-        journal.forget_upload(*key)
+        await target.finish_upload(session.url, blob.digest)
     except MirrorError:
-        await target.cancel_upload(url)
-        journal.forget_upload(*key)
+        await target.cancel_upload(session.url)
         raise
     finally:
         feed.close()
