@@ -19,6 +19,7 @@ from mirror.layout import Layout
 from mirror.manifest import Descriptor, Manifest, Platform
 from mirror.plan import SOURCE_DIGEST_ANNOTATION
 from mirror.reference import Digest, Reference
+from mirror.report import display
 from mirror.selection import TagRules, select
 from mirror.store import Store
 
@@ -144,7 +145,7 @@ async def check_import(
         check.missing.append(f"{label}: blob {digest} ({descriptor.size} bytes) {why}")
 
     async def tag(src: str, reference: str, dst: str, dst_reference: str) -> None:
-        label = f"{source.name}/{src}{'@' if ':' in reference else ':'}{reference}"
+        label = display(source.name, src, reference)
         async with slots:
             head = await source.head_manifest(src, reference)
             there = await target.head_manifest(dst, dst_reference)

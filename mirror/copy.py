@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import re
 import string
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -45,9 +44,9 @@ from mirror.concurrency import Priority
 from mirror.errors import MirrorError, NotFound, QuotaExhausted, RegistryError, Unsupported
 from mirror.manifest import INDEX_TYPES, Descriptor, Platform
 from mirror.plan import Plan, Planner, TargetState
-from mirror.reference import Digest
+from mirror.reference import Digest, is_tag
 from mirror.referrers import IN_STEP, Referrers, ReferrerTags, Subject
-from mirror.report import CopyReport, Progress, TagResult
+from mirror.report import CopyReport, Progress, TagResult, display
 from mirror.retry import TRANSFER, RetryPolicy, Sleep
 from mirror.store import Store
 from mirror.transfer import Transfer
@@ -59,7 +58,6 @@ DEFAULT_CONCURRENCY = 4  # blob transfers in flight at once, across every tag of
 # than 8 keeps both registries busy while one waits on its disk (2,000 tags: ~12 % faster).
 TAGS_IN_FLIGHT = 16
 
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # as the distribution spec has it
 BackupName = Callable[[str], str]  # a tag -> the tag its old manifest is kept under
 
 
@@ -92,7 +90,7 @@ def backup_namer(template: str | BackupName) -> BackupName:
         raise ValueError(f"bad template {template!r}: {exc}") from None
     if sample == "1.22-alpine":
         raise ValueError(f"template {template!r} names the tag itself, not a backup of it")
-    if not _TAG.fullmatch(sample):
+    if not is_tag(sample):
         raise ValueError(
             f"template {template!r} gives {sample!r}, not a valid tag (letters, digits, "
             "_ . -, at most 128)"
@@ -228,8 +226,8 @@ class Copier:
         """
         target_reference = target_reference or reference
         result = TagResult(
-            source=_display(self.source.name, source_repo, reference),
-            target=_display(self.target.name, target_repo, target_reference),
+            source=display(self.source.name, source_repo, reference),
+            target=display(self.target.name, target_repo, target_reference),
             status="failed",
             target_registry=self.target.name,
             target_repository=target_repo,
@@ -368,7 +366,7 @@ class Copier:
             plan.top is not None
             and plan.previous is not None
             and plan.previous != plan.digest
-            and _TAG.fullmatch(target_reference) is not None
+            and is_tag(target_reference)
         )
 
     def _count_planned(self, target_repo: str, plan: Plan) -> None:
@@ -383,8 +381,3 @@ class Copier:
             if (target_repo, child.digest) not in self._planned:
                 self._planned.add((target_repo, child.digest))
                 self.report.manifests_pushed += 1
-
-
-def _display(registry: str, repo: str, reference: str) -> str:
-    separator = "@" if ":" in reference else ":"
-    return f"{registry}/{repo}{separator}{reference}"

@@ -80,12 +80,14 @@ def tag_records(results: Iterable[TagResult]) -> list[TagRecord]:
     return records
 
 
-def outcome_of(checked: int, failed: int, error: str | None = None) -> Outcome:
-    """``failed`` when nothing could be checked, ``partial`` when some tags failed (the rule
-    ``run_entry`` applies, for runs of ``mirror sync REF``)."""
+def outcome_of(
+    checked: int, failed: int, error: str | None = None, *, also_failed: int = 0
+) -> Outcome:
+    """``failed`` when nothing could be checked, ``partial`` when some tags (or
+    ``also_failed`` others: referrers) failed; for ``run_entry`` and ``mirror sync REF``."""
     if error is not None or (failed and failed == checked):
         return "failed"
-    return "partial" if failed else "success"
+    return "partial" if failed or also_failed else "success"
 
 
 def counts_of(results: Iterable[TagResult]) -> dict[str, int]:
@@ -166,7 +168,6 @@ async def sync(
             listed, referrer_tags = split_tags(listed)  # even when not carried: no tags to copy
             selection = select(listed, rules)
             tags, pinned = newest_first(selection.tags), selection.pinned_variants
-            tags = newest_first(select(listed, rules).tags)
             if on_target is not None and not on_target:
                 copier.tagless(target.repository)
         except MirrorError as exc:
@@ -365,12 +366,9 @@ async def run_entry(
         if tag.note:
             fields["note"] = tag.note
         getattr(log, level)(event, **fields)
-    if error is not None or (report.tags_failed and report.tags_failed == report.tags_checked):
-        outcome: Outcome = "failed"
-    elif report.failed:
-        outcome = "partial"
-    else:
-        outcome = "success"
+    outcome = outcome_of(
+        report.tags_checked, report.tags_failed, error, also_failed=report.referrers_failed
+    )
     if not dry_run:
         counts = {
             "tags_checked": report.tags_checked,

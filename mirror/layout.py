@@ -33,7 +33,7 @@ from mirror.reference import (
     LAYOUT_FILE,
     LAYOUT_PREFIX,
     Digest,
-    Reference,
+    is_tag,
     layout_name,
     parse_repository,
 )
@@ -440,13 +440,7 @@ def _tag_of(entry: dict[str, Any]) -> str | None:
     """The tag an ``index.json`` entry carries; None for none, or a name that is no tag."""
     annotations = entry.get("annotations")
     name = annotations.get(REF_NAME) if isinstance(annotations, dict) else None
-    if not isinstance(name, str):
-        return None
-    try:
-        Reference("localhost", "x").with_tag(name)
-    except InvalidReference:
-        return None
-    return name
+    return name if isinstance(name, str) and is_tag(name) else None
 
 
 def _tagged(entries: list[dict[str, Any]], tag: str) -> dict[str, Any] | None:

@@ -159,18 +159,6 @@ class Manifest:
     def descriptor(self) -> Descriptor:
         return Descriptor(self.media_type, self.digest, len(self.raw))
 
-    def referrer_descriptor(self) -> Descriptor:
-        """How a referrers list names this manifest: with its artifact type and annotations."""
-        annotations = json.loads(self.raw).get("annotations") if self.raw else None
-        pairs = annotations.items() if isinstance(annotations, dict) else ()
-        return Descriptor(
-            self.media_type,
-            self.digest,
-            len(self.raw),
-            annotations=tuple((str(k), str(v)) for k, v in pairs),
-            artifact_type=self.artifact_type,
-        )
-
     def annotation(self, key: str) -> str | None:
         """A top-level annotation of the manifest, read from its bytes."""
         annotations = json.loads(self.raw).get("annotations") if self.raw else None

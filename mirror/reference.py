@@ -36,6 +36,11 @@ _DIGEST_HEX_LENGTH = {"sha256": 64, "sha512": 128}
 _DIGEST = re.compile(r"(?P<algorithm>[a-z0-9]+(?:[+._-][a-z0-9]+)*):(?P<hex>[a-f0-9]+)")
 
 
+def is_tag(text: str) -> bool:
+    """Whether ``text`` is a valid tag (as the distribution spec has it), not a digest."""
+    return _TAG.fullmatch(text) is not None
+
+
 class Digest(str):
     """A content digest such as ``sha256:9f86d08...``; a ``str`` so it serialises as itself."""
 

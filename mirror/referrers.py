@@ -23,7 +23,7 @@ from mirror.errors import MirrorError
 from mirror.manifest import INDEX_TYPES, OCI_INDEX, Descriptor, Manifest, parse_manifest
 from mirror.plan import SOURCE_DIGEST_ANNOTATION, Planner
 from mirror.reference import Digest
-from mirror.report import CopyReport, TagResult
+from mirror.report import CopyReport, TagResult, display
 from mirror.store import Store
 
 # cosign's tag suffixes, and the artifactType cosign gives each when it attaches by referrer.
@@ -159,7 +159,7 @@ class Referrers:
         level = await self._digests(target_repo, subjects, tags)
         results: list[TagResult] = []
         for _depth in range(MAX_DEPTH):
-            level -= {d for repo, d in self._done if repo == target_repo}
+            level = {d for d in level if (target_repo, d) not in self._done}
             if not level:
                 break
             self._done |= {(target_repo, d) for d in level}
@@ -185,8 +185,8 @@ class Referrers:
             return await self._carry_one(source_repo, target_repo, subject, tags, on_target)
         except MirrorError as exc:
             result = TagResult(
-                source=f"{self.source.name}/{source_repo}@{subject}",
-                target=f"{self.target.name}/{target_repo}:{schema_tag(subject)}",
+                source=display(self.source.name, source_repo, subject),
+                target=display(self.target.name, target_repo, schema_tag(subject)),
                 status="failed",
                 error=f"referrers of {subject}: {exc}",
                 referrer_of=str(subject),

@@ -25,6 +25,12 @@ class Progress(Protocol):
     def blob_finished(self, digest: Digest) -> None: ...
 
 
+def display(registry: str, repository: str, reference: str) -> str:
+    """How results name what they copied: ``registry/repository:tag`` or ``...@digest``."""
+    separator = "@" if ":" in reference else ":"
+    return f"{registry}/{repository}{separator}{reference}"
+
+
 @dataclass(slots=True)
 class TagResult:
     """What happened to one tag (or digest): its action, digest, and what moved for it."""
