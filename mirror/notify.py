@@ -25,6 +25,7 @@ import structlog
 from mirror import __version__
 from mirror.config import Config, NotifySettings
 from mirror.jobs import JobResult
+from mirror.output import iso
 from mirror.retry import MAX_RETRY_WAIT_S, Sleep, backoff
 
 PAYLOAD_VERSION = 1  # bumped when a field changes meaning or goes; new fields do not bump it
@@ -59,7 +60,7 @@ class Event:
 
     def payload(self) -> dict[str, Any]:
         """The webhook's JSON body."""
-        at = self.at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        at = iso(self.at.timestamp())
         return {"version": PAYLOAD_VERSION, "event": self.kind, "at": at, "job": self.job}
 
     def body(self) -> dict[str, Any]:

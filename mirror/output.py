@@ -7,6 +7,7 @@ syslog priority when they go to the journal (``mirror.logs``).
 
 from __future__ import annotations
 
+import datetime
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -132,3 +133,16 @@ class ProgressDisplay:
         task = self._tasks.pop(digest, None)
         if task is not None:
             self._progress.remove_task(task)
+
+
+def iso(timestamp: float | None) -> str | None:
+    """Unix time -> ``2026-11-29T16:30:01Z`` (None stays None)."""
+    if timestamp is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def utc(timestamp: float) -> str:
+    """Unix time -> ``2026-11-29 16:30:01 UTC``, for a line a person reads."""
+    return f"{iso(timestamp)}".replace("T", " ").replace("Z", " UTC")

@@ -26,7 +26,7 @@ from mirror.clients import Clients
 from mirror.config import MirrorEntry, config_path, format_duration, load_config
 from mirror.errors import ConfigError, MirrorError
 from mirror.manifest import INDEX_TYPES
-from mirror.output import error, warning
+from mirror.output import error, utc, warning
 from mirror.reference import Digest, parse_reference
 from mirror.referrers import is_referrer_tag
 from mirror.selection import select
@@ -139,7 +139,7 @@ async def prune_entry(
                     _decision(row, "kept", f'{why}; prune = "deleted" keeps tags upstream has')
                 )
             elif max(0.0, now - since) < entry.prune_after:
-                until = _when(since + entry.prune_after)
+                until = utc(since + entry.prune_after)
                 result.decisions.append(
                     _decision(row, "kept", f"{why}; kept until {until} (prune_after)")
                 )
@@ -324,14 +324,10 @@ def _decision(
 
 def _why_missing(reason: str, since: float, source_repository: str | None) -> str:
     if source_repository is None:
-        return f"its repository is gone upstream (seen {_when(since)})"
+        return f"its repository is gone upstream (seen {utc(since)})"
     if reason == "deleted":
-        return f"deleted upstream (seen {_when(since)})"
-    return f"not selected by the rules any more (seen {_when(since)})"
-
-
-def _when(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+        return f"deleted upstream (seen {utc(since)})"
+    return f"not selected by the rules any more (seen {utc(since)})"
 
 
 # --- reporting --------------------------------------------------------------------------------
@@ -341,7 +337,7 @@ def as_dict(result: PruneResult) -> dict[str, Any]:
     return {
         "entry": result.job,
         "prune": result.mode,
-        "prune_after": format_duration(result.after) if result.after else "0s",
+        "prune_after": format_duration(result.after),
         "error": result.error,
         "tags": [
             {
@@ -383,7 +379,7 @@ def log_result(result: PruneResult) -> None:
 def print_results(results: Iterable[PruneResult], *, dry_run: bool) -> None:
     results = list(results)
     for r in results:
-        print(f'{r.job}  (prune = "{r.mode}", after {format_duration(r.after) or "0s"})')
+        print(f'{r.job}  (prune = "{r.mode}", after {format_duration(r.after)})')
         for d in r.decisions:
             print(f"  {d.action:<13} {d.target}  {d.reason}")
         if not r.decisions:

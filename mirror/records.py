@@ -18,20 +18,12 @@ from typing import Any
 
 from mirror.config import Config, MirrorEntry, config_path, load_config
 from mirror.errors import ConfigError, InvalidReference
-from mirror.output import error, size, warning
+from mirror.output import error, iso, size, warning
 from mirror.reference import parse_reference
 from mirror.state import State, resolve_path
 
 EXIT_OK, EXIT_FAILED = 0, 1
 NEVER = "—"
-
-
-def iso(timestamp: float | None) -> str | None:
-    """Unix time -> ``2026-11-29T16:30:01Z`` (None stays None)."""
-    if timestamp is None:
-        return None
-    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def open_state(path: Path) -> State:
