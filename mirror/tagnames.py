@@ -13,6 +13,7 @@ variant ``alpine3.20``, ``1.22.5-windowsservercore-ltsc2022`` of ``windowsserver
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ def parse_version(tag: str) -> Version | None:
     return None if version.local else version  # 1.0+build is a build label, not an order
 
 
+@functools.lru_cache(maxsize=16384)  # a run reads each tag up to 3 times; a daemon, every run
 def split_tag(tag: str) -> tuple[str | None, Version | None, str | None]:
     """``VERSION-VARIANT`` as (version as written, version, variant), from the tag alone.
 
