@@ -70,9 +70,12 @@ class Event:
 def run_status(result: JobResult) -> str:
     """How a run left its entry: failed, partial, deferred (some tags wait for the pull
     window) or success."""
-    if result.outcome != "success":
-        return result.outcome
-    return "deferred" if result.report.tags_deferred else "success"
+    return _status(result.outcome, result.report.tags_deferred)
+
+
+def _status(outcome: str, tags_deferred: int | None) -> str:
+    """A success that left tags for the pull window counts as deferred."""
+    return "deferred" if outcome == "success" and tags_deferred else outcome
 
 
 def events_for(result: JobResult, previous: str | None) -> list[Event]:
@@ -314,8 +317,6 @@ def last_statuses(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     statuses = {}
     for job, run in runs.items():
         outcome = run.get("outcome")
-        if outcome == "success" and run.get("tags_deferred"):
-            outcome = "deferred"
         if outcome:
-            statuses[job] = str(outcome)
+            statuses[job] = _status(str(outcome), run.get("tags_deferred"))
     return statuses
