@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from mirror.bundle import Holdings, Inventory
 from mirror.errors import MirrorError, NotFound
 from mirror.layout import Layout
-from mirror.manifest import Descriptor, Manifest, Platform
+from mirror.manifest import Descriptor, Manifest, Platform, platform_children
 from mirror.plan import SOURCE_DIGEST_ANNOTATION
 from mirror.reference import Digest, Reference
 from mirror.report import display
@@ -178,10 +178,5 @@ def _wanted(manifest: Manifest, platforms: Sequence[Platform]) -> list[Descripto
     """The children of an index an import with ``platforms`` copies (all, without any)."""
     if not platforms:
         return list(manifest.children)
-    keep = {
-        c.digest
-        for c in manifest.children
-        if c.platform is not None and any(c.platform.matches(p) for p in platforms)
-    }
-    keep |= {c.digest for c in manifest.children if c.attests in keep}
+    keep = platform_children(manifest, platforms)
     return [c for c in manifest.children if c.digest in keep]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,6 +165,17 @@ class Manifest:
         annotations = json.loads(self.raw).get("annotations") if self.raw else None
         value = annotations.get(key) if isinstance(annotations, dict) else None
         return value if isinstance(value, str) else None
+
+
+def platform_children(index: Manifest, platforms: Sequence[Platform]) -> set[Digest]:
+    """The digests of ``index``'s images for ``platforms`` and of the attestations of those
+    images (none when no image matches)."""
+    keep = {
+        c.digest
+        for c in index.children
+        if c.platform is not None and any(c.platform.matches(p) for p in platforms)
+    }
+    return keep | {c.digest for c in index.children if c.attests in keep}
 
 
 def filter_index(index: Manifest, keep: set[Digest], annotations: dict[str, str]) -> Manifest:

@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 
 from mirror.concurrency import Priority, once, resolved
 from mirror.errors import MirrorError, NotFound, QuotaExhausted, RateLimited, Unsupported
-from mirror.manifest import DOCKER_SCHEMA1, Descriptor, Manifest, Platform, filter_index
+from mirror.manifest import (
+    DOCKER_SCHEMA1,
+    Descriptor,
+    Manifest,
+    Platform,
+    filter_index,
+    platform_children,
+)
 from mirror.reference import Digest
 from mirror.report import CopyReport
 from mirror.store import Store
@@ -245,18 +252,13 @@ class Planner:
         A registry like distribution refuses an index whose children are missing, so the
         target gets a new index; its annotations say which source digest it came from.
         """
-        keep = {
-            c.digest
-            for c in index.children
-            if c.platform is not None and any(c.platform.matches(p) for p in self.platforms)
-        }
+        keep = platform_children(index, self.platforms)
         if not keep:
             offered = sorted({str(c.platform) for c in index.children if c.platform})
             raise MirrorError(
                 f"index {index.digest} has none of the platforms "
                 f"{', '.join(map(str, self.platforms))} (it has: {', '.join(offered) or 'none'})"
             )
-        keep |= {c.digest for c in index.children if c.attests in keep}
         return filter_index(
             index,
             keep,
